@@ -1,0 +1,55 @@
+"""Shared fixtures: one random-weight SD 1.5 checkpoint and one context per session.
+
+No weights can be downloaded: `pysdcpp.testing` writes a checkpoint with the exact
+tensor names and shapes of SD 1.5, random values, deterministic from a seed.
+CPU tests keep images tiny (64x64, 2 steps): 2 cores are slow.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SIZE = dict(width=64, height=64, steps=2)
+
+
+def _cache_dir() -> Path:
+    path = Path(os.environ.get("PYSDCPP_TEST_CACHE", Path.home() / ".cache" / "pysdcpp-tests"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sd15_path() -> Path:
+    from pysdcpp import testing
+
+    path = _cache_dir() / "sd15-random-seed0-f16.safetensors"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        testing.write_sd15(tmp, seed=0, dtype="f16")
+        tmp.rename(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ctx(sd15_path):
+    import pysdcpp
+
+    with pysdcpp.Context(sd15_path, n_threads=2) as context:
+        yield context
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import pysdcpp
+
+        has_cuda = pysdcpp.build_info()["cuda"]
+    except Exception:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA build of pysdcpp and a GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
