@@ -147,7 +147,7 @@ class Context:
     def generate(self, prompt: str = "", *, progress: ProgressCallback | None = None,
                  progress_bar: bool = False, preview: Callable | None = None,
                  preview_mode=None, preview_interval: int = 1, preview_noisy: bool = False,
-                 output: str = "pil", **kwargs) -> list:
+                 preview_denoised: bool = True, output: str = "pil", **kwargs) -> list:
         """Generate ``batch_count`` images; every field of sd_img_gen_params_t is a keyword.
 
         Images (``init_image``, ``mask_image``, ``control_image``, ``ref_images``,
@@ -171,7 +171,7 @@ class Context:
             if preview is not None:
                 mode = Preview.parse(preview_mode) if preview_mode is not None else Preview.PROJ
                 lib.sd_set_preview_callback(lib._pysdcpp_preview_cb, int(mode), preview_interval,
-                                            True, preview_noisy, ffi.NULL)
+                                            preview_denoised, preview_noisy, ffi.NULL)
             try:
                 with _native.call(progress=on_progress, preview=_preview_adapter(preview, output)) as errors:
                     c_images = lib.generate_image(handle, c)

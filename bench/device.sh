@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (the `device` tool), from the repo root, with .wheelhouse carried
+# (a copy of ../shared/wheelhouse and ../shared/peers). Phases, any subset, in order:
+#   build   CUDA build for sm_90 into build/cuda (kept between calls while the machine is warm)
+#   test    GPU tests (pytest -m gpu) + a generation + system_info
+#   models  random-weight W1 (Flux-dev) and W2 (SDXL) checkpoints on local disk
+#   w1 w2   the streaming benchmark;  peer  diffusers group offload on the same shape;  h2d
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+MODELS=${MODELS:-/tmp/pysdcpp-models}
+export PYTHONUNBUFFERED=1 PYSDCPP_TEST_CACHE=/tmp/pysdcpp-test-cache
+export PYSDCPP_SDCPP_SOURCE=$PWD/.wheelhouse/stable_diffusion_cpp_python-0.4.7.tar.gz
+python3 -m pip install -q --no-index --root-user-action=ignore --find-links .wheelhouse cffi pycparser >/dev/null 2>&1
+for phase in "$@"; do
+  echo "=== $phase $(date +%T)"
+  case $phase in
+    build)
+      start=$(date +%s)
+      CMAKE_ARGS="-DSD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90" python3 -m pip install --no-build-isolation \
+        --no-index --root-user-action=ignore -Cbuild-dir=build/cuda -v . > "$OUT/build.log" 2>&1
+      rc=$?; echo "build rc=$rc seconds=$(( $(date +%s) - start ))" | tee -a "$OUT/build.log"
+      tail -5 "$OUT/build.log" ;;
+    test)
+      (cd /tmp && python3 -c "import pysdcpp, json; print(json.dumps(pysdcpp.build_info())); print(pysdcpp.system_info())") 2>&1 | tee "$OUT/info.txt"
+      PYSDCPP_GPU_RESULTS=$OUT/gpu_results.json python3 -m pytest -p no:cacheprovider -m gpu -v -rA \
+        tests/test_gpu_stream.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -40 ;;
+    models)
+      python3 bench/stream.py prepare --models "$MODELS" --workers 16 2>&1 | tail -5 ;;
+    w1) python3 bench/stream.py run --models "$MODELS" --workload w1 --out "$OUT/stream_w1.json" ${W1_MODES:+--modes $W1_MODES} ;;
+    w2) python3 bench/stream.py run --models "$MODELS" --workload w2 --out "$OUT/stream_w2.json" ${W2_MODES:+--modes $W2_MODES} ;;
+    h2d) python3 bench/stream.py h2d | tee "$OUT/h2d.json" ;;
+    peer)
+      python3 -m pip install -q --no-index --no-deps --root-user-action=ignore .wheelhouse/diffusers-*.whl .wheelhouse/importlib_metadata-*.whl
+      for spec in "resident 5 70" "grp_stream 5 100"; do
+        set -- $spec
+        timeout $3 python3 .wheelhouse/diffusers_flux_offload.py $1 $2 2>&1 | grep '^{'
+      done ;;
+  esac
+done

@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Weight-streaming benchmark: seconds per step for models larger than a VRAM budget.
+
+    python3 bench/stream.py prepare --models /dev/shm/m          # random-weight checkpoints (W1 Flux-dev, W2 SDXL)
+    python3 bench/stream.py run --models /dev/shm/m --workload w1 --out results.json [--modes a,b]
+    python3 bench/stream.py h2d                                 # pinned/pageable host->device GB/s (torch)
+
+Each mode runs in its own process (a fresh context), so one failing mode cannot
+take the others down; results are appended to --out as they come.  Per step:
+wall time between consecutive progress callbacks (the first step, which includes
+warm-up, is excluded from the median); stream telemetry from ctx.last_stream_stats;
+peak VRAM of the GPU sampled by nvidia-smi every 20 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKLOADS = {
+    # W1: the peer workload. FLUX.1-dev-shaped DiT, bf16, 1024x1024, one forward per step.
+    "w1": dict(
+        files=dict(diffusion_model="flux/flux1-dev.safetensors", clip_l="flux/clip_l.safetensors",
+                   t5xxl="flux/t5xxl.safetensors", vae="flux/ae.safetensors"),
+        ctx=dict(diffusion_flash_attn=True),
+        gen=dict(prompt="a lighthouse at dusk", width=1024, height=1024, steps=5, seed=42, cfg_scale=1.0,
+                 guidance=3.5, sampling_method="euler"),
+    ),
+    # W2: SDXL base, f16, 1024x1024 with CFG (two UNet evaluations per step).
+    "w2": dict(
+        files=dict(model="sdxl/sdxl.safetensors"),
+        ctx=dict(diffusion_flash_attn=True),
+        gen=dict(prompt="a lighthouse at dusk", width=1024, height=1024, steps=5, seed=42, cfg_scale=7.0,
+                 sampling_method="euler"),
+    ),
+}
+
+OFF = dict(offload_params_to_cpu=True)
+MODES = {
+    "resident": {},
+    "base_pageable_sync_8": dict(OFF, max_vram=8, pin_offloaded_params=False, stream_layers=False),
+    "pinned_sync_8": dict(OFF, max_vram=8, stream_layers=False),
+    "prefetch_2": dict(OFF, max_vram=2, stream_layers=True, stream_residency=False),
+    "prefetch_8": dict(OFF, max_vram=8, stream_layers=True, stream_residency=False),
+    "prefetch_16": dict(OFF, max_vram=16, stream_layers=True, stream_residency=False),
+    "residency_8": dict(OFF, max_vram=8, stream_layers=True, stream_residency=True),
+    "residency_16": dict(OFF, max_vram=16, stream_layers=True, stream_residency=True),
+    "pinned_sync_2": dict(OFF, max_vram=2, stream_layers=False),
+    "base_pageable_sync_2": dict(OFF, max_vram=2, pin_offloaded_params=False, stream_layers=False),
+}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def machine() -> dict:
+    gpu = ""
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass
+    return {"host": platform.node(), "cpu_count": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
+
+
+class VramSampler:
+    """Peak GPU memory in MiB, sampled by nvidia-smi (what the whole process holds)."""
+
+    def __init__(self):
+        self.peak = 0
+        self.proc = None
+
+    def __enter__(self):
+        try:
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                                          "-i", "0", "-lms", "20"], stdout=subprocess.PIPE, text=True)
+        except OSError:
+            return self
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                self.peak = max(self.peak, int(line.strip()))
+            except ValueError:
+                pass
+
+    def __exit__(self, *exc):
+        if self.proc:
+            self.proc.terminate()
+
+
+def run_one(models: Path, workload: str, mode: str) -> dict:
+    import pysdcpp
+
+    w = WORKLOADS[workload]
+    files = {k: str(models / v) for k, v in w["files"].items()}
+    ctx_kwargs = {**w["ctx"], **MODES[mode]}
+    stamps = []
+    result = {"workload": workload, "mode": mode, "ctx": ctx_kwargs, "gen": w["gen"]}
+    with VramSampler() as vram:
+        t0 = time.perf_counter()
+        with pysdcpp.Context(**files, **ctx_kwargs) as ctx:
+            result["load_s"] = round(time.perf_counter() - t0, 2)
+            t1 = time.perf_counter()
+            images = ctx.generate(**w["gen"], progress=lambda s, n, t: stamps.append((s, n, time.perf_counter())))
+            result["generate_s"] = round(time.perf_counter() - t1, 2)
+            stats = ctx.last_stream_stats
+        result["peak_vram_mib"] = vram.peak
+    steps = [p for p in stamps if p[1] == w["gen"]["steps"]]
+    per_step = [b[2] - a[2] for a, b in zip(steps, steps[1:])]
+    result["step_s"] = [round(x, 4) for x in per_step]
+    result["median_step_s"] = round(statistics.median(per_step), 4) if per_step else None
+    result["stats"] = None if stats is None else dict(stats.__dict__)
+    if stats is not None and stats.compute_calls:
+        calls = stats.compute_calls
+        result["per_compute_call"] = {
+            "segments": stats.segments / calls,
+            "gb_streamed": stats.bytes_streamed / calls / 1e9,
+            "h2d_s": stats.h2d_ms / calls / 1e3,
+            "compute_s": stats.compute_ms / calls / 1e3,
+            "wait_s": stats.wait_ms / calls / 1e3,
+        }
+    import numpy as np
+
+    arr = np.asarray(images[0])
+    result["image_std"] = float(arr.std())
+    result["image_sha_prefix"] = __import__("hashlib").sha256(arr.tobytes()).hexdigest()[:16]
+    return result
+
+
+def h2d() -> dict:
+    import torch
+
+    n = 4 << 30
+    out = {}
+    dev = torch.empty(n, dtype=torch.uint8, device="cuda")
+    for name, pin in (("pinned", True), ("pageable", False)):
+        host = torch.empty(n, dtype=torch.uint8, pin_memory=pin)
+        host.fill_(1)
+        dev.copy_(host, non_blocking=pin)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(3):
+            dev.copy_(host, non_blocking=pin)
+        torch.cuda.synchronize()
+        out[f"{name}_GBps"] = round(3 * n / (time.perf_counter() - t) / 1e9, 2)
+    return out
+
+
+def prepare(models: Path, workers: int, which: list[str]) -> None:
+    from pysdcpp import testing
+
+    if "w1" in which:
+        t = time.perf_counter()
+        testing.write_flux(models / "flux", seed=0, dtype="bf16", workers=workers)
+        print(f"w1 written in {time.perf_counter() - t:.1f} s", flush=True)
+    if "w2" in which:
+        t = time.perf_counter()
+        (models / "sdxl").mkdir(parents=True, exist_ok=True)
+        testing.write_sdxl(models / "sdxl" / "sdxl.safetensors", seed=0, dtype="f16", workers=workers)
+        print(f"w2 written in {time.perf_counter() - t:.1f} s", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--models", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--workloads", default="w1,w2")
+    p = sub.add_parser("run")
+    p.add_argument("--models", type=Path, required=True)
+    p.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--timeout", type=int, default=240)
+    p = sub.add_parser("one")
+    p.add_argument("--models", type=Path, required=True)
+    p.add_argument("--workload", required=True)
+    p.add_argument("--mode", required=True)
+    sub.add_parser("h2d")
+    a = ap.parse_args()
+
+    if a.cmd == "prepare":
+        prepare(a.models, a.workers, a.workloads.split(","))
+    elif a.cmd == "h2d":
+        print(json.dumps(h2d()))
+    elif a.cmd == "one":
+        print("RESULT " + json.dumps(run_one(a.models, a.workload, a.mode)), flush=True)
+    else:
+        data = json.loads(a.out.read_text()) if a.out.exists() else {"runs": []}
+        data.update({"machine": machine(), "commit": git_commit(), "command": " ".join(sys.argv)})
+        for mode in a.modes.split(","):
+            cmd = [sys.executable, __file__, "one", "--models", str(a.models), "--workload", a.workload, "--mode", mode]
+            t = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+                lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+                res = json.loads(lines[-1][7:]) if lines else {
+                    "workload": a.workload, "mode": mode, "error": f"exit {proc.returncode}",
+                    "stderr_tail": proc.stderr[-3000:]}
+            except subprocess.TimeoutExpired:
+                res = {"workload": a.workload, "mode": mode, "error": f"timeout {a.timeout}s"}
+            res["process_s"] = round(time.perf_counter() - t, 1)
+            print(json.dumps({k: res.get(k) for k in ("workload", "mode", "median_step_s", "peak_vram_mib",
+                                                      "per_compute_call", "error", "process_s")}), flush=True)
+            data["runs"].append(res)
+            a.out.write_text(json.dumps(data, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Weight streaming on a GPU: prefetch on/off, pinned/pageable and residency must not change a bit.
+
+Marked `gpu`: skipped without a CUDA build.  Run on the device with
+    python3 -m pytest -m gpu -v tests/test_gpu_stream.py
+The log of the device run is committed under tests/gpu_results/.
+
+Budgets are small (a fraction of a GiB) so that each sampling step of the UNet or DiT is cut
+into many segments even on a 141 GB card: offload_params_to_cpu + max_vram is what forces
+segmented execution, and streaming acts on every segment.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pysdcpp
+
+pytestmark = pytest.mark.gpu
+
+RESULTS = Path(os.environ.get("PYSDCPP_GPU_RESULTS", "/tmp/pysdcpp-gpu-results.json"))
+SD15 = dict(width=256, height=256, steps=3, seed=42, sampling_method="euler")
+FLUX = dict(width=256, height=256, steps=3, seed=7, cfg_scale=1.0, guidance=5.0, flow_shift=2.0,
+            sampling_method="euler", batch_count=2)
+SMALL_BUDGET = 0.25  # GiB
+
+
+def record(key, value):
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[key] = value
+    RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+@contextlib.contextmanager
+def env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run(model_kwargs, gen_kwargs, calls=1, **ctx_kwargs):
+    """Open a context, generate `calls` times, close; return (pixel arrays, stats of each call)."""
+    images, stats = [], []
+    with pysdcpp.Context(**model_kwargs, **ctx_kwargs) as ctx:
+        for _ in range(calls):
+            images += [np.asarray(im) for im in ctx.generate(**gen_kwargs)]
+            stats.append(ctx.last_stream_stats)
+    return images, stats
+
+
+def same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def max_abs_diff(a, b) -> int:
+    return int(max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(a, b)))
+
+
+STREAM = dict(offload_params_to_cpu=True, max_vram=SMALL_BUDGET)
+
+
+@pytest.fixture(scope="module")
+def sd15(sd15_path):
+    return {"model": sd15_path}
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    from pysdcpp import testing
+
+    out = tmp_path_factory.mktemp("flux")
+    paths = testing.write_flux(out, seed=3, dtype="bf16", depth=4, depth_single=8, hidden_size=1024,
+                               components=("diffusion_model", "clip_l", "vae"))
+    return {k: v for k, v in paths.items()}
+
+
+def test_sd15_prefetch_on_off_resident_bit_exact(sd15):
+    prompt = dict(prompt="a lighthouse", **SD15)
+    off, off_stats = run(sd15, prompt, **STREAM, stream_layers=False)
+    on, on_stats = run(sd15, prompt, **STREAM, stream_layers=True)
+    resident, _ = run(sd15, prompt)
+    s_on, s_off = on_stats[0], off_stats[0]
+    per_call = s_on.segments / max(1, s_on.compute_calls)
+    record("sd15", {"segments_per_compute": per_call, "on": vars_of(s_on), "off": vars_of(s_off),
+                    "max_abs_diff_vs_resident": max_abs_diff(on, resident),
+                    "identical_to_resident": same(on, resident)})
+    assert s_on.segments > 0 and per_call >= 8, f"budget should force >= 8 segments, got {per_call}"
+    assert s_on.prefetch_adopted > 0 and s_off.prefetch_adopted == 0
+    assert same(on, off), "prefetch must not change a single byte"
+    assert max_abs_diff(on, resident) <= 2
+
+
+def test_pinned_and_pageable_identical(sd15):
+    prompt = dict(prompt="x", **SD15)
+    pinned, _ = run(sd15, prompt, **STREAM, stream_layers=True)
+    pageable, _ = run(sd15, prompt, **STREAM, stream_layers=True, pin_offloaded_params=False)
+    assert same(pinned, pageable)
+
+
+def test_flux_batch2_guidance_flow_shift(flux):
+    """The case that broke an earlier prefetch upstream ("white frames")."""
+    off, _ = run(flux, dict(prompt="a cat", **FLUX), **STREAM, diffusion_flash_attn=True, stream_layers=False)
+    on, stats = run(flux, dict(prompt="a cat", **FLUX), **STREAM, diffusion_flash_attn=True, stream_layers=True)
+    resident, _ = run(flux, dict(prompt="a cat", **FLUX), diffusion_flash_attn=True)
+    record("flux_batch2", {"stats": vars_of(stats[0]), "max_abs_diff_vs_resident": max_abs_diff(on, resident)})
+    assert len(on) == 2
+    assert all(im.std() > 1.0 for im in on), "no constant (white) frames"
+    assert not np.array_equal(on[0], on[1])
+    assert same(on, off)
+    assert stats[0].prefetch_adopted > 0
+
+
+def test_two_generations_and_resolution_change(sd15):
+    gens = [dict(prompt="a", **SD15), dict(prompt="b", **{**SD15, "seed": 5}),
+            dict(prompt="c", **{**SD15, "width": 320, "height": 192})]
+    ref = []
+    for g in gens:
+        ref += run(sd15, g)[0]
+    got = []
+    with pysdcpp.Context(**sd15, **STREAM, stream_layers=True) as ctx:
+        for g in gens:
+            got += [np.asarray(im) for im in ctx.generate(**g)]
+            assert ctx.last_stream_stats.prefetch_adopted > 0
+    record("two_gens_resolution_change_max_abs_diff", max_abs_diff(got, ref))
+    off = []
+    with pysdcpp.Context(**sd15, **STREAM, stream_layers=False) as ctx:
+        for g in gens:
+            off += [np.asarray(im) for im in ctx.generate(**g)]
+    assert same(got, off)
+
+
+@pytest.mark.parametrize("hook", ["SDCPP_TEST_PREFETCH_ALLOC_FAIL", "SDCPP_TEST_PREFETCH_MISMATCH"])
+def test_injected_failures_fall_back_bit_exact(sd15, hook):
+    prompt = dict(prompt="x", **SD15)
+    ref, _ = run(sd15, prompt, **STREAM, stream_layers=False)
+    with env(**{hook: 1}):
+        got, stats = run(sd15, prompt, **STREAM, stream_layers=True)
+    s = stats[0]
+    record(f"hook_{hook}", vars_of(s))
+    assert same(got, ref)
+    assert s.prefetch_adopted == 0
+    assert s.prefetch_fallback + s.prefetch_skipped > 0
+
+
+def test_residency_bit_exact_and_streams_less(sd15):
+    prompt = dict(prompt="x", **SD15)
+    budget = dict(offload_params_to_cpu=True, max_vram=1.0)
+    no_res, s_no = run(sd15, prompt, **budget, stream_layers=True, stream_residency=False)
+    res, s_res = run(sd15, prompt, **budget, stream_layers=True, stream_residency=True)
+    record("residency", {"with": vars_of(s_res[0]), "without": vars_of(s_no[0])})
+    assert same(no_res, res)
+    assert s_res[0].bytes_resident > 0
+    assert s_res[0].bytes_streamed < s_no[0].bytes_streamed
+
+
+def gpu_used_mib() -> int:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip().splitlines()[0])
+
+
+def test_vram_returns_to_baseline_after_close(sd15):
+    prompt = dict(prompt="x", **SD15)
+    run(sd15, prompt, **STREAM, stream_layers=True)  # CUDA context and pools exist from here on
+    baseline = gpu_used_mib()
+    for kwargs in (dict(**STREAM, stream_layers=True), {}):
+        run(sd15, prompt, **kwargs)
+        after = gpu_used_mib()
+        record(f"vram_after_close_{bool(kwargs)}", {"baseline_mib": baseline, "after_mib": after})
+        assert after - baseline <= 64, f"{after - baseline} MiB not returned"
+
+
+def vars_of(stats):
+    return None if stats is None else dict(stats.__dict__)
