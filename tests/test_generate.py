@@ -181,3 +181,15 @@ def test_system_and_build_info():
     assert info["sdcpp_version"] == info["sdcpp_version_runtime"]
     assert "0.4.7" in info["sdcpp_version"]
     assert isinstance(pysdcpp.system_info(), str) and pysdcpp.system_info()
+
+
+def test_random_checkpoint_has_exactly_the_tensors_sd_cpp_expects(sd15_path, caplog):
+    """sd.cpp itself is the judge of the names and shapes pysdcpp.testing writes."""
+    with caplog.at_level(logging.DEBUG, logger="pysdcpp"):
+        with pysdcpp.Context(sd15_path, n_threads=1):
+            pass
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Version: SD 1.x" in log
+    for bad in ("not in model file", "unknown tensor", "wrong shape", "tensor not found"):
+        assert bad not in log, bad
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
