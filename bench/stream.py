@@ -125,7 +125,7 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
     per_step = [b[2] - a[2] for a, b in zip(steps, steps[1:])]
     result["step_s"] = [round(x, 4) for x in per_step]
     result["median_step_s"] = round(statistics.median(per_step), 4) if per_step else None
-    result["stats"] = None if stats is None else dict(stats.__dict__)
+    result["stats"] = None if stats is None else stats.as_dict()
     if stats is not None and stats.compute_calls:
         calls = stats.compute_calls
         result["per_compute_call"] = {

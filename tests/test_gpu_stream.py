@@ -86,19 +86,29 @@ def flux(tmp_path_factory):
     return {k: v for k, v in paths.items()}
 
 
-def test_sd15_prefetch_on_off_resident_bit_exact(sd15):
+def test_sd15_prefetch_depth1_vs_depth0_bit_exact(sd15):
+    """Same segments (stream_layers plans the cut), copies synchronous vs prefetched."""
     prompt = dict(prompt="a lighthouse", **SD15)
-    off, off_stats = run(sd15, prompt, **STREAM, stream_layers=False)
-    on, on_stats = run(sd15, prompt, **STREAM, stream_layers=True)
-    resident, _ = run(sd15, prompt)
-    s_on, s_off = on_stats[0], off_stats[0]
+    sync, sync_stats = run(sd15, prompt, **STREAM, stream_layers=True, stream_prefetch_depth=0)
+    on, on_stats = run(sd15, prompt, **STREAM, stream_layers=True, stream_prefetch_depth=1)
+    s_on, s_sync = on_stats[0], sync_stats[0]
     per_call = s_on.segments / max(1, s_on.compute_calls)
-    record("sd15", {"segments_per_compute": per_call, "on": vars_of(s_on), "off": vars_of(s_off),
-                    "max_abs_diff_vs_resident": max_abs_diff(on, resident),
-                    "identical_to_resident": same(on, resident)})
+    record("sd15_depth", {"segments_per_compute": per_call, "depth1": vars_of(s_on), "depth0": vars_of(s_sync),
+                          "identical": same(on, sync)})
     assert s_on.segments > 0 and per_call >= 8, f"budget should force >= 8 segments, got {per_call}"
-    assert s_on.prefetch_adopted > 0 and s_off.prefetch_adopted == 0
-    assert same(on, off), "prefetch must not change a single byte"
+    assert s_on.prefetch_adopted > 0 and s_sync.prefetch_adopted == 0
+    assert same(on, sync), "prefetch must not change a single byte"
+
+
+def test_sd15_stream_layers_vs_plain_offload_vs_resident(sd15):
+    prompt = dict(prompt="a lighthouse", **SD15)
+    plain, _ = run(sd15, prompt, **STREAM, stream_layers=False)
+    on, _ = run(sd15, prompt, **STREAM, stream_layers=True)
+    resident, _ = run(sd15, prompt)
+    record("sd15_vs", {"stream_vs_plain_max_abs_diff": max_abs_diff(on, plain),
+                       "stream_vs_resident_max_abs_diff": max_abs_diff(on, resident),
+                       "plain_vs_resident_max_abs_diff": max_abs_diff(plain, resident)})
+    assert same(on, plain), "streaming must give the bytes of sd.cpp's own segmented offload"
     assert max_abs_diff(on, resident) <= 2
 
 
@@ -183,4 +193,4 @@ def test_vram_returns_to_baseline_after_close(sd15):
 
 
 def vars_of(stats):
-    return None if stats is None else dict(stats.__dict__)
+    return None if stats is None else stats.as_dict()

@@ -1,0 +1,83 @@
+"""The streaming code paths (segments, prefetch, adoption, fallbacks, residency) on the CPU.
+
+Our patch's test hook SDCPP_TEST_STREAM_ON_CPU=1 makes a CPU-only build take the path a
+GPU build takes with offload_params_to_cpu + max_vram: a separate params backend, the
+graph cut into segments, each segment's params copied in (or prefetched) and released.
+There is no overlap on a CPU, but every line of the mechanism runs, and its output must
+be byte-identical to a plain run.  The GPU run of the same checks is test_gpu_stream.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pysdcpp
+from conftest import SIZE, THREADS
+
+GEN = dict(prompt="a lighthouse", seed=42, **SIZE)
+BUDGET = 0.25  # GiB: the SD 1.5 UNet (1.7 GB of f16) in many segments
+
+
+@pytest.fixture(autouse=True)
+def stream_on_cpu(monkeypatch):
+    monkeypatch.setenv("SDCPP_TEST_STREAM_ON_CPU", "1")
+
+
+@pytest.fixture(scope="module")
+def reference(ctx):
+    return [np.asarray(im) for im in ctx.generate(**GEN)]
+
+
+def run(sd15_path, gens=(GEN,), **kwargs):
+    out, stats = [], []
+    with pysdcpp.Context(sd15_path, n_threads=THREADS, offload_params_to_cpu=True, **kwargs) as c:
+        for g in gens:
+            out.append([np.asarray(im) for im in c.generate(**g)])
+            stats.append(c.last_stream_stats)
+    return out, stats
+
+
+def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+def test_prefetch_is_bit_exact_with_many_segments(sd15_path, reference):
+    (images,), (s,) = run(sd15_path, max_vram=BUDGET, stream_layers=True)
+    assert same(images, reference)
+    assert s.compute_calls > 0 and s.segments / s.compute_calls >= 8
+    assert s.prefetch_adopted > 0 and s.bytes_prefetched > 0
+    assert s.peak_vram_bytes <= s.budget_bytes
+
+
+def test_depth0_and_plain_segmented_offload_are_bit_exact(sd15_path, reference):
+    (sync,), (s0,) = run(sd15_path, max_vram=BUDGET, stream_layers=True, stream_prefetch_depth=0)
+    (plain,), (sp,) = run(sd15_path, max_vram=BUDGET, stream_layers=False)
+    assert same(sync, reference) and same(plain, reference)
+    assert s0.segments > 0 and s0.prefetch_adopted == 0 and s0.bytes_prefetched == 0
+    assert sp.segments > 0
+
+
+@pytest.mark.parametrize("hook", ["SDCPP_TEST_PREFETCH_ALLOC_FAIL", "SDCPP_TEST_PREFETCH_MISMATCH"])
+def test_injected_failures_fall_back_bit_exact(sd15_path, reference, monkeypatch, hook):
+    monkeypatch.setenv(hook, "1")
+    (images,), (s,) = run(sd15_path, max_vram=BUDGET, stream_layers=True)
+    assert same(images, reference)
+    assert s.prefetch_adopted == 0 and s.prefetch_fallback > 0
+
+
+def test_residency_streams_less_and_is_bit_exact(sd15_path, ctx):
+    gen = dict(GEN, steps=3)
+    ref = [np.asarray(im) for im in ctx.generate(**gen)]
+    (res,), (s,) = run(sd15_path, (gen,), max_vram=1.2, stream_layers=True, stream_residency=True)
+    (nores,), (n,) = run(sd15_path, (gen,), max_vram=1.2, stream_layers=True, stream_residency=False)
+    assert same(res, ref) and same(nores, ref)
+    assert s.bytes_resident > 0 and s.bytes_streamed < n.bytes_streamed
+
+
+def test_two_generations_and_a_resolution_change(sd15_path, ctx):
+    gens = [GEN, dict(GEN, seed=7, width=80, height=48)]
+    ref = [[np.asarray(im) for im in ctx.generate(**g)] for g in gens]
+    got, stats = run(sd15_path, gens, max_vram=BUDGET, stream_layers=True)
+    for a, b in zip(got, ref):
+        assert same(a, b)
+    assert all(s.prefetch_adopted > 0 for s in stats)
