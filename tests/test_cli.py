@@ -53,18 +53,27 @@ def test_every_sd_cli_flag_is_accepted():
     assert not wrong_type, wrong_type
 
 
-def test_streaming_flags_are_mapped_or_refused():
+def test_streaming_flags_are_mapped_or_refused(monkeypatch):
     from pysdcpp._params import CTX
 
-    for flag, field in cli.STREAM_FIELDS.items():
-        argv = ["-m", "x.safetensors", flag] + (["2"] if cli.BY_NAME[flag].takes_value else [])
-        p, given = cli.parse_args(argv)
-        if field in CTX.leaves:
+    fields = ("stream_layers", "stream_prefetch_depth", "stream_residency", "pin_offloaded_params")
+    argv = ["-m", "x.safetensors", "--offload-to-cpu", "--max-vram", "-1.5", "--stream-layers",
+            "--stream-prefetch-depth", "3", "--no-stream-residency", "--no-pin-params"]
+    p, given = cli.parse_args(argv)
+    if all(f in CTX.leaves for f in fields):
+        cli._check_supported(p, given)
+        kw = cli._context_kwargs(p, True)
+        assert kw["offload_params_to_cpu"] is True and kw["max_vram"] == -1.5
+        assert [kw[f] for f in fields] == [True, 3, False, False]
+        # not given: sd-cli's defaults, which are sd_ctx_params_init's
+        kw = cli._context_kwargs(cli.parse_args(["-m", "x"])[0], True)
+        assert [kw[f] for f in fields] == [CTX.defaults()[f] for f in fields] == [False, 1, True, True]
+    # a build without the streaming patch refuses them with one clear line
+    monkeypatch.setattr(CTX, "leaves", {k: v for k, v in CTX.leaves.items() if k not in fields})
+    for flag in cli.STREAM_FIELDS:
+        p, given = cli.parse_args(["-m", "x", flag] + (["2"] if cli.BY_NAME[flag].takes_value else []))
+        with pytest.raises(cli.UsageError, match="no weight streaming"):
             cli._check_supported(p, given)
-            assert field in cli._context_kwargs({**p, "n_threads": 1, "cache": {}}, True)
-        else:
-            with pytest.raises(cli.UsageError, match=field):
-                cli._check_supported(p, given)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -130,7 +139,7 @@ def inputs(tmp_path_factory):
 
 S = ["-W", "64", "-H", "64"]
 MATRIX = {
-    "defaults-euler_a": ["-p", "a red cube", "--steps", "1"],
+    "defaults-euler_a": ["-p", "a red cube", "--steps", "1", *S],
     "euler-karras-seed": ["-p", "a lighthouse", "--sampling-method", "euler", "--scheduler", "karras",
                           "--steps", "2", "-s", "7", *S],
     "dpm++2m-exponential-negative-cfg": ["-p", "a cat", "-n", "blurry, low quality", "--cfg-scale", "5.5",
@@ -150,6 +159,8 @@ MATRIX = {
     "clip-skip-int64-seed": ["-p", "skip", "--clip-skip", "2", "-s", "1234567890123", "--steps", "1", *S],
     "vae-tiling": ["-p", "tiles", "--vae-tiling", "--vae-tile-size", "4x4", "--vae-tile-overlap", "0.25",
                    "--steps", "1", *S],
+    "streaming-flags": ["-p", "streamed", "--offload-to-cpu", "--max-vram", "0.25", "--stream-layers",
+                        "--stream-prefetch-depth", "2", "--no-pin-offloaded-params", "--steps", "1", *S],
     "sigmas-rng-eta-lora-tag": ["-p", "a cat <lora:not_there:0.5>", "--lora-model-dir", "{inputs}/loras",
                                 "--sigmas", "14.6,2.5,0.0", "--rng", "cpu", "--sampler-rng", "std_default",
                                 "--eta", "0.5", "--timestep-shift", "0", *S],

@@ -20,7 +20,6 @@ import os
 import random
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,12 +38,13 @@ SERVER = "is an sd-server option; pysdcpp has no server mode"
 MODES = ("img_gen", "vid_gen", "convert", "upscale", "metadata")
 PREVIEWS = ("none", "proj", "tae", "vae")
 CACHE_MODES = ("easycache", "ucache", "dbcache", "taylorseer", "cache-dit", "spectrum")
-# pysdcpp's own streaming flags -> sd_ctx_params_t field (present only with the streaming patch)
+# the weight-streaming flags -> sd_ctx_params_t field (present with the streaming patch only)
 STREAM_FIELDS = {
     "--stream-layers": "stream_layers",
     "--stream-prefetch-depth": "stream_prefetch_depth",
     "--no-stream-residency": "stream_residency",
-    "--no-pin-params": "pin_offloaded_params",
+    "--no-pin-offloaded-params": "pin_offloaded_params",
+    "--no-pin-params": "pin_offloaded_params",  # pysdcpp's short alias
 }
 
 
@@ -231,11 +231,19 @@ def _table() -> list[Opt]:
     I("-t", "--threads", "n_threads", "number of threads to use during computation (default: -1). If threads <= 0, "
       "then threads will be set to the number of CPU physical cores", g)
     I("", "--chroma-t5-mask-pad", "chroma_t5_mask_pad", "t5 mask pad size of chroma", g)
+    I("", "--stream-prefetch-depth", "stream_prefetch_depth", "graph-cut segments whose weights --stream-layers "
+      "copies ahead: 0 = synchronous copies, 1 (default)", g)
     F("", "--max-vram", "max_vram", "maximum VRAM budget in GiB for graph-cut segmented execution. "
-      "0 disables graph splitting", g)
+      "0 disables graph splitting, < 0 means the free VRAM at startup minus |value| GiB", g)
     B("", "--force-sdxl-vae-conv-scale", "force_sdxl_vae_conv_scale", "force use of conv scale on sdxl vae", g)
     B("", "--offload-to-cpu", "offload_params_to_cpu", "place the weights in RAM to save VRAM, and automatically "
       "load them into VRAM when needed", g)
+    B("", "--stream-layers", "stream_layers", "with --offload-to-cpu and --max-vram: copy the next graph-cut "
+      "segment's weights to VRAM while the current one computes", g)
+    B("", "--no-stream-residency", "stream_residency", "with --stream-layers: do not keep the leading segments' "
+      "weights in VRAM across steps", g, value=False)
+    B("", "--no-pin-offloaded-params", "pin_offloaded_params", "keep the --offload-to-cpu weights in pageable "
+      "instead of pinned memory (slower copies, no overlap)", g, value=False)
     B("", "--mmap", "enable_mmap", "whether to memory-map model", g)
     B("", "--control-net-cpu", "control_net_cpu", "keep controlnet in cpu (for low vram)", g)
     B("", "--clip-on-cpu", "clip_on_cpu", "keep clip in cpu (for low vram)", g)
@@ -384,13 +392,7 @@ def _table() -> list[Opt]:
       parse=_pair(_float))
 
     g = "pysdcpp"
-    B("", "--stream-layers", "stream_layers", "stream the weights layer by layer from RAM to VRAM while computing "
-      "(for models larger than VRAM; implies keeping the weights in RAM)", g)
-    I("", "--stream-prefetch-depth", "stream_prefetch_depth", "how many layers ahead to prefetch while streaming", g)
-    B("", "--no-stream-residency", "stream_residency", "do not keep streamed layers resident in spare VRAM "
-      "between steps", g, value=False)
-    B("", "--no-pin-params", "pin_offloaded_params", "do not pin the offloaded weights in RAM "
-      "(pinned memory copies faster to the GPU)", g, value=False)
+    B("", "--no-pin-params", "pin_offloaded_params", "alias of --no-pin-offloaded-params", g, value=False)
 
     g = "server"
     S("-l", "--listen-ip", "listen_ip", "server listen ip (default: 127.0.0.1)", g, refuse=SERVER)
@@ -415,7 +417,8 @@ DEFAULTS: dict[str, Any] = dict(
     max_vram=0.0, enable_mmap=False, control_net_cpu=False, clip_on_cpu=False, vae_on_cpu=False, flash_attn=False,
     diffusion_flash_attn=False, diffusion_conv_direct=False, vae_conv_direct=False, circular=False,
     circular_x=False, circular_y=False, chroma_use_dit_mask=True, chroma_use_t5_mask=False, chroma_t5_mask_pad=1,
-    qwen_image_zero_cond_t=False, prediction=None, lora_apply_mode=None, force_sdxl_vae_conv_scale=False,
+    qwen_image_zero_cond_t=False, pin_offloaded_params=True, stream_layers=False, stream_prefetch_depth=1,
+    stream_residency=True, prediction=None, lora_apply_mode=None, force_sdxl_vae_conv_scale=False,
     # generation
     prompt="", negative_prompt="", clip_skip=-1, width=-1, height=-1, batch_count=1, seed=42, strength=0.75,
     control_strength=float(np.float32(0.9)), auto_resize_ref_image=True, increase_ref_index=False,
@@ -472,7 +475,7 @@ def usage() -> str:
 
     lines = [f"pysdcpp {__version__} ({_version_string()})", f"Usage: {PROG} [options]", ""]
     titles = {"cli": "CLI Options:", "ctx": "Context Options:", "gen": "Generation Options:",
-              "pysdcpp": "Weight streaming Options (pysdcpp):",
+              "pysdcpp": "pysdcpp Options:",
               "server": "sd-server Options (accepted, refused: no server mode):"}
     for group, title in titles.items():
         opts = [o for o in OPTIONS if o.group == group]
@@ -571,6 +574,7 @@ def _validate(p: dict) -> None:
         value = lib.str_to_sd_hires_upscaler(p["hires_upscaler"].encode())
         if value == lib.SD_HIRES_UPSCALER_NONE:
             p["hires_enabled"] = False
+            value = lib.SD_HIRES_UPSCALER_LATENT  # unused: hires is off
         elif value == lib.SD_HIRES_UPSCALER_COUNT:
             p["hires_model_path"] = _resolve_hires_model(p["hires_upscaler"], p["hires_upscalers_dir"])
             value = lib.SD_HIRES_UPSCALER_MODEL
@@ -799,8 +803,6 @@ def _f(x: float) -> str:
 
 
 def _sampling_json(p: dict) -> dict:
-    from ._native import lib
-
     d = {
         "steps": p["steps"], "eta": p["eta"], "shifted_timestep": p["timestep_shift"], "flow_shift": p["flow_shift"],
         "guidance": {"txt_cfg": p["cfg_scale"], "img_cfg": p["img_cfg_scale"], "distilled_guidance": p["guidance"],
@@ -812,7 +814,6 @@ def _sampling_json(p: dict) -> dict:
         d["method"] = _name("sd_sample_method_name", p["sampling_method"])
     if p["scheduler"] is not None:
         d["scheduler"] = _name("sd_scheduler_name", p["scheduler"])
-    _ = lib
     return d
 
 
@@ -1139,8 +1140,8 @@ def _context_kwargs(p: dict, vae_decode_only: bool) -> dict:
         chroma_use_t5_mask=p["chroma_use_t5_mask"], chroma_t5_mask_pad=p["chroma_t5_mask_pad"],
         qwen_image_zero_cond_t=p["qwen_image_zero_cond_t"], max_vram=p["max_vram"],
     )
-    for field in STREAM_FIELDS.values():
-        if field in p:  # given on the command line (checked against CTX.leaves before)
+    for field in set(STREAM_FIELDS.values()):
+        if field in CTX.leaves:  # sd-cli always passes them (a build without them refused them before)
             kw[field] = p[field]
     if p["embedding_dir"] and os.path.isdir(p["embedding_dir"]):
         emb = {}
@@ -1245,6 +1246,7 @@ def run(p: dict) -> int:
                     preview_denoised=not p["preview_noisy"], **gen)
             finally:
                 progress.close()
+            _log_stream_stats(ctx)
 
     if p["esrgan_path"] and p["upscale_repeats"] > 0:
         with Upscaler(p["esrgan_path"], offload_params_to_cpu=p["offload_params_to_cpu"],
@@ -1256,6 +1258,22 @@ def run(p: dict) -> int:
                 arrays[i] = arr
     save_results(p, arrays)
     return 0
+
+
+def _log_stream_stats(ctx) -> None:
+    """sd-cli's "stream stats" line, when weights were streamed."""
+    st = ctx.last_stream_stats
+    if st is None or not getattr(st, "compute_calls", 0):
+        return
+    g = lambda name: getattr(st, name, 0)  # noqa: E731
+    mb = 1024.0 * 1024.0
+    logging.getLogger("pysdcpp").info(
+        "stream stats: %d calls, %d segments, streamed %.2f MB (prefetched %.2f MB), resident %.2f MB, "
+        "h2d %.2f ms (prefetch %.2f ms), compute %.2f ms, wait %.2f ms, prefetch adopted/fallback/skipped "
+        "%d/%d/%d, peak %.2f MB, budget %.2f MB", g("compute_calls"), g("segments"), g("bytes_streamed") / mb,
+        g("bytes_prefetched") / mb, g("bytes_resident") / mb, g("h2d_ms"), g("prefetch_ms"), g("compute_ms"),
+        g("wait_ms"), g("prefetch_adopted"), g("prefetch_fallback"), g("prefetch_skipped"),
+        g("peak_vram_bytes") / mb, g("budget_bytes") / mb)
 
 
 def _set_size_if_unset(p: dict, arr: np.ndarray) -> None:

@@ -406,6 +406,8 @@ class StableDiffusion:
         cache = _enum(cache_mode, CacheMode, _CACHE_ALIASES, "cache_mode")
         cache = CacheMode.DISABLED if cache is None else cache
         hires_up = _hires_upscaler(hires_upscaler)
+        if hires_up == 0:  # "none": no highres fix
+            hires, hires_up = False, 1
         if cache == CacheMode.EASYCACHE and cache_reuse_threshold == 1.0:
             cache_reuse_threshold = 0.2  # 0.4.7's default for easycache
         tile_x, tile_y = self._parse_tile_size(vae_tile_size, as_float=False)
