@@ -16,7 +16,7 @@ from .context import Context, StreamStats
 from .enums import (CacheMode, HiresUpscaler, LoraApplyMode, Prediction, Preview, RNGType,
                     SampleMethod, Scheduler, WeightType)
 from .errors import (CancelledError, ContextClosedError, GenerationError, InvalidArgumentError,
-                     ModelFileNotFoundError, ModelLoadError, SDError)
+                     ModelFileNotFoundError, ModelLoadError, ReentrantCallError, SDError)
 from .upscaler import Upscaler
 
 __version__ = "0.1.0"
@@ -46,5 +46,5 @@ __all__ = [
     "SampleMethod", "Scheduler", "RNGType", "Prediction", "WeightType", "Preview", "LoraApplyMode",
     "HiresUpscaler", "CacheMode",
     "SDError", "InvalidArgumentError", "ModelLoadError", "ModelFileNotFoundError", "GenerationError",
-    "ContextClosedError", "CancelledError",
+    "ContextClosedError", "CancelledError", "ReentrantCallError",
 ]

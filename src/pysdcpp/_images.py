@@ -27,7 +27,10 @@ def to_array(image, *, channels: int, what: str) -> np.ndarray:
         except Exception as exc:  # PIL raises several types for unreadable files
             raise InvalidArgumentError(f"{what}: cannot read image {path}: {exc}") from exc
     if isinstance(image, Image.Image):
-        image = image.convert("L" if channels == 1 else "RGB")
+        try:
+            image = image.convert("L" if channels == 1 else "RGB")
+        except Exception as exc:  # PIL raises ValueError/OSError for modes it cannot convert
+            raise InvalidArgumentError(f"{what}: cannot convert a {image.mode} image: {exc}") from exc
         array = np.asarray(image, dtype=np.uint8)
     elif isinstance(image, np.ndarray):
         if image.dtype != np.uint8:

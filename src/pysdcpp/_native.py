@@ -104,6 +104,11 @@ def call(progress=None, preview=None, on_exception=None) -> Iterator[list[str]]:
         raise exc
 
 
+def in_call() -> bool:
+    """Whether this thread is inside a C call scoped by :func:`call` (i.e. in a callback)."""
+    return _state.errors is not None
+
+
 def string(value: bytes | None):
     """A C string argument (kept alive by the caller holding the returned object)."""
     return ffi.NULL if value is None else ffi.new("char[]", value)

@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import os
 import random
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import asdict, make_dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from . import _images, _native
 from ._native import ffi, lib
-from ._params import CTX, IMG_GEN, check_finite
+from ._params import CTX, IMG_GEN
+from ._validate import check_floats, check_model_file, prompt_text
 from .enums import Preview
-from .errors import (ContextClosedError, GenerationError, InvalidArgumentError,
-                     ModelFileNotFoundError, ModelLoadError, with_log)
+from .errors import (ContextClosedError, GenerationError, InvalidArgumentError, ModelLoadError,
+                     ReentrantCallError, with_log)
 
 ProgressCallback = Callable[[int, int, float], Any]
 
@@ -24,36 +27,23 @@ def _check_model_paths(values: dict[str, Any]) -> None:
     for name, leaf in CTX.leaves.items():
         if not leaf.path.endswith("_path") or values.get(name) is None:
             continue
-        path = os.fsdecode(values[name])
-        if not os.path.exists(path):
-            raise ModelFileNotFoundError(f"{name}: no such file: {path}")
-        if os.path.isdir(path):
-            raise ModelLoadError(f"{name}: {path} is a directory, not a model file")
-        if not os.access(path, os.R_OK):
-            raise ModelLoadError(f"{name}: {path} is not readable")
-        if os.path.getsize(path) == 0:
-            raise ModelLoadError(f"{name}: {path} is empty")
+        check_model_file(name, values[name])
 
 
-@dataclass(frozen=True)
-class StreamStats:
-    """What weight streaming did during the last generation (see sd_stream_stats_t)."""
-    compute_calls: int = 0
-    segments: int = 0
-    bytes_streamed: int = 0
-    bytes_resident: int = 0
-    h2d_ms: float = 0.0
-    compute_ms: float = 0.0
-    wait_ms: float = 0.0
-    prefetch_adopted: int = 0
-    prefetch_fallback: int = 0
-    prefetch_skipped: int = 0
-    peak_vram_bytes: int = 0
+def _stream_stats_class():
+    """StreamStats mirrors sd_stream_stats_t field for field, read from the cdef (no hand copy)."""
+    c_fields = ffi.typeof("sd_stream_stats_t").fields
+    cls = make_dataclass("StreamStats", [(name, float if f.type.cname == "double" else int, 0)
+                                         for name, f in c_fields], frozen=True)
+    cls.__module__ = __name__
+    cls.__doc__ = ("What weight streaming did during the last generation: the fields of sd.cpp's "
+                   "sd_stream_stats_t (see include/stable-diffusion.h for each one's definition).")
+    cls.from_c = classmethod(lambda k, c: k(**{name: getattr(c, name) for name, _ in c_fields}))
+    cls.as_dict = lambda self: asdict(self)
+    return cls
 
-    @classmethod
-    def from_c(cls, c) -> "StreamStats":
-        names = {name for name, _ in ffi.typeof("sd_stream_stats_t").fields}
-        return cls(**{f.name: getattr(c, f.name) for f in fields(cls) if f.name in names})
+
+StreamStats = _stream_stats_class()
 
 
 class Context:
@@ -75,6 +65,7 @@ class Context:
         if kwargs.get("model") is None and kwargs.get("diffusion_model") is None:
             raise InvalidArgumentError("give `model` (a full checkpoint) or `diffusion_model`")
         _check_model_paths(kwargs)
+        _check_threads(kwargs.get("n_threads"))
         embeddings = kwargs.pop("embeddings", None)
         keepalive: list = []
         c = CTX.build(kwargs, keepalive)
@@ -84,8 +75,7 @@ class Context:
             arr = ffi.new("sd_embedding_t[]", len(items))
             keepalive.append(arr)
             for i, (name, path) in enumerate(items):
-                if not os.path.isfile(os.fsdecode(path)):
-                    raise ModelFileNotFoundError(f"embeddings: no such file: {os.fsdecode(path)}")
+                check_model_file(f"embeddings[{name!r}]", path)
                 for attr, value in (("name", os.fsencode(str(name))), ("path", os.fsencode(path))):
                     s = ffi.new("char[]", value)
                     keepalive.append(s)
@@ -108,6 +98,8 @@ class Context:
 
     def close(self) -> None:
         """Free the model (RAM and VRAM).  Idempotent; waits for a running generation."""
+        if _native.in_call():
+            raise ReentrantCallError("close() called from a progress/preview callback")
         with self._lock:
             ptr, self._ptr = self._ptr, None
             if ptr is not None:
@@ -124,6 +116,10 @@ class Context:
         model = self.params.get("model") or self.params.get("diffusion_model")
         return f"<pysdcpp.Context {state} model={model!r}>"
 
+    def _no_reentry(self) -> None:
+        if _native.in_call():
+            raise ReentrantCallError("this Context was called from a progress/preview callback")
+
     def _handle(self):
         if self._ptr is None:
             raise ContextClosedError("this context is closed")
@@ -133,6 +129,7 @@ class Context:
     def default_sampling_method(self):
         from .enums import SampleMethod
 
+        self._no_reentry()
         with self._lock:
             return SampleMethod(lib.sd_get_default_sample_method(self._handle()))
 
@@ -140,6 +137,7 @@ class Context:
         from .enums import SampleMethod, Scheduler
 
         method = lib.SAMPLE_METHOD_COUNT if sampling_method is None else int(SampleMethod.parse(sampling_method))
+        self._no_reentry()
         with self._lock:
             return Scheduler(lib.sd_get_default_scheduler(self._handle(), method))
 
@@ -159,6 +157,13 @@ class Context:
         """
         if output not in ("pil", "numpy"):
             raise InvalidArgumentError("output must be 'pil' or 'numpy'")
+        for name, target in (("progress", progress), ("preview", preview)):
+            if target is not None and not callable(target):
+                raise TypeError(f"{name} must be callable, got {type(target).__name__}")
+        if _native.in_call():
+            # A progress/preview callback of this thread calling back into pysdcpp: the
+            # context's lock is held (same context: a deadlock) and sd.cpp is not reentrant.
+            raise ReentrantCallError("generate() called from a progress/preview callback")
         kwargs["prompt"] = prompt
         keepalive: list = []
         c, resolved = self._img_gen_params(kwargs, keepalive)
@@ -205,6 +210,9 @@ class Context:
         special = {k: kwargs.pop(k) for k in list(kwargs) if k in IMG_GEN.special}
         values = {**IMG_GEN.defaults(), **kwargs}
         _validate_gen(values)
+        for name in ("prompt", "negative_prompt"):
+            if name in kwargs:
+                kwargs[name] = values[name]
         if values["seed"] < 0:
             values["seed"] = kwargs["seed"] = random.randrange(1 << 31)
         c = IMG_GEN.build(kwargs, keepalive)
@@ -267,13 +275,29 @@ class Context:
         return StreamStats.from_c(c)
 
 
+def _check_threads(n_threads) -> None:
+    # <= 0 means "physical cores"; ggml's thread pools hold at most GGML_MAX_N_THREADS (512),
+    # and thousands of spinning threads would only stall the machine.
+    if isinstance(n_threads, int) and n_threads > 512:
+        raise InvalidArgumentError(f"n_threads must be at most 512, got {n_threads}")
+
+
+_GEN_C_DEFAULTS = IMG_GEN.c_defaults()
+_FLOATS = tuple(name for name, leaf in IMG_GEN.leaves.items()
+                if leaf.ctype.kind == "primitive" and leaf.ctype.cname in ("float", "double"))
+
+
 def _validate_gen(values: dict) -> None:
-    check_finite(values, ("cfg_scale", "img_cfg_scale", "guidance", "strength", "eta", "flow_shift",
-                          "control_strength", "slg_scale"))
+    check_floats(values, _GEN_C_DEFAULTS, _FLOATS)
+    for name in ("hires_model_path", "pm_id_embed_path"):
+        if values.get(name):
+            check_model_file(name, values[name])
     for name in ("width", "height"):
         v = values[name]
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % 8 or v > 16384:
             raise InvalidArgumentError(f"{name} must be a positive multiple of 8 up to 16384, got {v!r}")
+    if not isinstance(values["seed"], int) or isinstance(values["seed"], bool):
+        raise InvalidArgumentError(f"seed must be an integer, got {values['seed']!r}")
     if not isinstance(values["steps"], int) or values["steps"] <= 0:
         raise InvalidArgumentError(f"steps must be a positive integer, got {values['steps']!r}")
     if not isinstance(values["batch_count"], int) or values["batch_count"] <= 0:
@@ -281,8 +305,8 @@ def _validate_gen(values: dict) -> None:
     strength = values["strength"]
     if not 0.0 <= strength <= 1.0:
         raise InvalidArgumentError(f"strength must be within [0, 1], got {strength!r}")
-    if not isinstance(values["prompt"], str):
-        raise InvalidArgumentError("prompt must be a str")
+    for name in ("prompt", "negative_prompt"):
+        values[name] = prompt_text(name, values[name])
 
 
 def _loras(loras, keepalive: list):
@@ -293,8 +317,9 @@ def _loras(loras, keepalive: list):
     for i, item in enumerate(loras):
         path, multiplier, *rest = (item, 1.0) if isinstance(item, (str, os.PathLike)) else item
         path = os.fsdecode(path)
-        if not os.path.isfile(path):
-            raise ModelFileNotFoundError(f"loras[{i}]: no such file: {path}")
+        check_model_file(f"loras[{i}]", path)
+        if not isinstance(multiplier, numbers.Real) or not math.isfinite(multiplier):
+            raise InvalidArgumentError(f"loras[{i}]: the multiplier must be a finite number, got {multiplier!r}")
         s = ffi.new("char[]", os.fsencode(path))
         keepalive.append(s)
         arr[i].path = s

@@ -26,6 +26,10 @@ class ContextClosedError(SDError):
     """The context was used after :meth:`pysdcpp.Context.close`."""
 
 
+class ReentrantCallError(SDError, RuntimeError):
+    """A progress/preview callback called back into pysdcpp (generate, close) on its own thread."""
+
+
 class CancelledError(SDError):
     """The generation was cancelled (``Context.cancel()`` or KeyboardInterrupt)."""
 
