@@ -32,7 +32,7 @@ WORKLOADS = {
         files=dict(diffusion_model="flux/flux1-dev.safetensors", clip_l="flux/clip_l.safetensors",
                    t5xxl="flux/t5xxl.safetensors", vae="flux/ae.safetensors"),
         ctx=dict(diffusion_flash_attn=True),
-        gen=dict(prompt="a lighthouse at dusk", width=1024, height=1024, steps=5, seed=42, cfg_scale=1.0,
+        gen=dict(prompt="a lighthouse at dusk", width=1024, height=1024, steps=6, seed=42, cfg_scale=1.0,
                  guidance=3.5, sampling_method="euler"),
     ),
     # W2: SDXL base, f16, 1024x1024 with CFG (two UNet evaluations per step).
@@ -43,6 +43,11 @@ WORKLOADS = {
                  sampling_method="euler"),
     ),
 }
+
+# A seconds-long smoke test of this script itself (SD 1.5 written by pysdcpp.testing, tiny image).
+WORKLOADS["smoke"] = dict(files=dict(model="sd15/sd15.safetensors"), ctx={},
+                          gen=dict(prompt="x", width=64, height=64, steps=4, seed=1, cfg_scale=7.0,
+                                   sampling_method="euler"))
 
 OFF = dict(offload_params_to_cpu=True)
 MODES = {
@@ -57,6 +62,58 @@ MODES = {
     "pinned_sync_2": dict(OFF, max_vram=2, stream_layers=False),
     "base_pageable_sync_2": dict(OFF, max_vram=2, pin_offloaded_params=False, stream_layers=False),
 }
+DEFAULT_MODES = ["resident", "prefetch_8", "residency_16", "pinned_sync_8", "base_pageable_sync_8",
+                 "prefetch_2", "prefetch_16", "residency_8", "sdcli:prefetch_8", "py:prefetch_8"]
+
+
+def sd_cli_args(files: dict, ctx: dict, gen: dict, out: str) -> list[str]:
+    """The sd-cli command line equivalent to a Context(**files, **ctx).generate(**gen)."""
+    flag = {"model": "-m", "diffusion_model": "--diffusion-model", "clip_l": "--clip_l", "t5xxl": "--t5xxl",
+            "vae": "--vae"}
+    args = []
+    for k, v in files.items():
+        args += [flag[k], v]
+    if ctx.get("diffusion_flash_attn"):
+        args.append("--diffusion-fa")
+    if ctx.get("offload_params_to_cpu"):
+        args.append("--offload-to-cpu")
+    if ctx.get("max_vram"):
+        args += ["--max-vram", str(ctx["max_vram"])]
+    if ctx.get("stream_layers"):
+        args.append("--stream-layers")
+    if ctx.get("stream_residency") is False:
+        args.append("--no-stream-residency")
+    if ctx.get("pin_offloaded_params") is False:
+        args.append("--no-pin-offloaded-params")
+    args += ["-p", gen["prompt"], "-W", str(gen["width"]), "-H", str(gen["height"]), "--steps", str(gen["steps"]),
+             "-s", str(gen["seed"]), "--cfg-scale", str(gen["cfg_scale"]), "--sampling-method", gen["sampling_method"]]
+    if "guidance" in gen:
+        args += ["--guidance", str(gen["guidance"])]
+    return args + ["-o", out]
+
+
+def sampling_seconds(log: str) -> float | None:
+    import re
+
+    found = re.findall(r"sampling completed, taking ([0-9.]+)s", log)
+    return float(found[-1]) if found else None
+
+
+def run_sd_cli(models: Path, workload: str, mode: str) -> dict:
+    """The same generation through sd-cli built from the same patched tree (overhead check)."""
+    import pysdcpp
+
+    w = WORKLOADS[workload]
+    files = {k: str(models / v) for k, v in w["files"].items()}
+    ctx = {**w["ctx"], **MODES[mode]}
+    exe = Path(pysdcpp.__file__).parent / "bin" / "sd-cli"
+    cmd = [str(exe), *sd_cli_args(files, ctx, w["gen"], "/tmp/bench-sdcli.png")]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    return {"workload": workload, "mode": "sdcli:" + mode, "cmd": cmd, "rc": proc.returncode,
+            "process_s": round(time.perf_counter() - t, 2), "sampling_s": sampling_seconds(log),
+            "log_tail": log[-1500:] if proc.returncode else None}
 
 
 def git_commit() -> str:
@@ -111,7 +168,18 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
     files = {k: str(models / v) for k, v in w["files"].items()}
     ctx_kwargs = {**w["ctx"], **MODES[mode]}
     stamps = []
-    result = {"workload": workload, "mode": mode, "ctx": ctx_kwargs, "gen": w["gen"]}
+    result = {"workload": workload, "mode": mode, "ctx": ctx_kwargs, "gen": w["gen"],
+              "env": {k: v for k, v in os.environ.items() if k.startswith(("GGML_", "SDCPP_"))}}
+    import logging
+
+    class Grab(logging.Handler):
+        lines: list = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+    grab = Grab()
+    logging.getLogger("pysdcpp").addHandler(grab)
+    logging.getLogger("pysdcpp").setLevel(logging.INFO)
     with VramSampler() as vram:
         t0 = time.perf_counter()
         with pysdcpp.Context(**files, **ctx_kwargs) as ctx:
@@ -122,9 +190,14 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
             stats = ctx.last_stream_stats
         result["peak_vram_mib"] = vram.peak
     steps = [p for p in stamps if p[1] == w["gen"]["steps"]]
-    per_step = [b[2] - a[2] for a, b in zip(steps, steps[1:])]
-    result["step_s"] = [round(x, 4) for x in per_step]
-    result["median_step_s"] = round(statistics.median(per_step), 4) if per_step else None
+    # duration of step k = stamp(k) - stamp(k-1); sd.cpp reports step 0 when sampling starts
+    per_step = {b[0]: b[2] - a[2] for a, b in zip(steps, steps[1:])}
+    result["step_s"] = {k: round(v, 4) for k, v in per_step.items()}
+    after_first = [v for k, v in per_step.items() if k >= 2]
+    steady = [v for k, v in per_step.items() if k >= 3]  # residency starts with the 3rd call
+    result["median_step_s"] = round(statistics.median(after_first), 4) if after_first else None
+    result["steady_step_s"] = round(statistics.median(steady), 4) if steady else None
+    result["sampling_s"] = sampling_seconds("\n".join(grab.lines))
     result["stats"] = None if stats is None else stats.as_dict()
     if stats is not None and stats.compute_calls:
         calls = stats.compute_calls
@@ -186,7 +259,7 @@ def main() -> int:
     p = sub.add_parser("run")
     p.add_argument("--models", type=Path, required=True)
     p.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timeout", type=int, default=240)
     p = sub.add_parser("one")
@@ -201,7 +274,12 @@ def main() -> int:
     elif a.cmd == "h2d":
         print(json.dumps(h2d()))
     elif a.cmd == "one":
-        print("RESULT " + json.dumps(run_one(a.models, a.workload, a.mode)), flush=True)
+        mode = a.mode.split(":")[-1]
+        res = run_sd_cli(a.models, a.workload, mode) if a.mode.startswith("sdcli:") else \
+            run_one(a.models, a.workload, mode)
+        if a.mode.startswith("py:"):
+            res["mode"] = a.mode
+        print("RESULT " + json.dumps(res), flush=True)
     else:
         data = json.loads(a.out.read_text()) if a.out.exists() else {"runs": []}
         data.update({"machine": machine(), "commit": git_commit(), "command": " ".join(sys.argv)})
@@ -217,7 +295,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 res = {"workload": a.workload, "mode": mode, "error": f"timeout {a.timeout}s"}
             res["process_s"] = round(time.perf_counter() - t, 1)
-            print(json.dumps({k: res.get(k) for k in ("workload", "mode", "median_step_s", "peak_vram_mib",
+            print(json.dumps({k: res.get(k) for k in ("workload", "mode", "median_step_s", "steady_step_s",
+                                                      "sampling_s", "peak_vram_mib",
                                                       "per_compute_call", "error", "process_s")}), flush=True)
             data["runs"].append(res)
             a.out.write_text(json.dumps(data, indent=1))
