@@ -17,7 +17,7 @@ from ._native import ffi, lib
 from ._params import CTX, IMG_GEN
 from ._validate import check_floats, check_model_file, prompt_text
 from .enums import Preview
-from .errors import (ContextClosedError, GenerationError, InvalidArgumentError, ModelLoadError,
+from .errors import (CancelledError, ContextClosedError, GenerationError, InvalidArgumentError, ModelLoadError,
                      ReentrantCallError, with_log)
 
 ProgressCallback = Callable[[int, int, float], Any]
@@ -89,7 +89,8 @@ class Context:
         # The finalizer holds `lib`, so the library outlives every context (cairocffi's rule).
         self._ptr = ffi.gc(ptr, lib.free_sd_ctx)
         self.last_stream_stats: StreamStats | None = None
-        self._cancel = threading.Event()
+        self._cancel = threading.Event()     # set by cancel(), cleared when a generation starts
+        self._ptr_lock = threading.Lock()    # cancel() vs close(): never signal a freed context
 
     # -- lifetime ---------------------------------------------------------------------
     @property
@@ -100,10 +101,19 @@ class Context:
         """Free the model (RAM and VRAM).  Idempotent; waits for a running generation."""
         if _native.in_call():
             raise ReentrantCallError("close() called from a progress/preview callback")
-        with self._lock:
+        with self._lock, self._ptr_lock:
             ptr, self._ptr = self._ptr, None
             if ptr is not None:
                 ffi.release(ptr)
+
+    def cancel(self) -> None:
+        """Stop the generation in progress at its next sampling step; it raises
+        :class:`CancelledError` and the context stays usable.  Callable from any thread and
+        from a progress callback; without a generation in progress it does nothing."""
+        with self._ptr_lock:
+            if self._ptr is not None:
+                self._cancel.set()
+                lib.sd_set_cancel(self._ptr, True)
 
     def __enter__(self) -> "Context":
         return self
@@ -173,16 +183,24 @@ class Context:
         on_progress = _chain(progress, bar.update_to if bar else None)
         with self._lock:
             handle = self._handle()
+            self._cancel.clear()
+            lib.sd_set_cancel(handle, False)
             if preview is not None:
                 mode = Preview.parse(preview_mode) if preview_mode is not None else Preview.PROJ
                 lib.sd_set_preview_callback(lib._pysdcpp_preview_cb, int(mode), preview_interval,
                                             preview_denoised, preview_noisy, ffi.NULL)
             try:
-                with _native.call(progress=on_progress, preview=_preview_adapter(preview, output)) as errors:
+                # An exception in a callback (KeyboardInterrupt included: Python raises it in the
+                # next callback) stops sd.cpp at the next step; call() re-raises it afterwards.
+                with _native.call(progress=on_progress, preview=_preview_adapter(preview, output),
+                                  on_exception=lambda: lib.sd_set_cancel(handle, True)) as errors:
                     c_images = lib.generate_image(handle, c)
                     arrays = _images.images_from_c(c_images, resolved["batch_count"], free=True)
                 self.last_stream_stats = self._stream_stats(handle)
+                if self._cancel.is_set() and (not arrays or any(a is None for a in arrays)):
+                    raise CancelledError("the generation was cancelled")
             finally:
+                lib.sd_set_cancel(handle, False)
                 if preview is not None:
                     lib.sd_set_preview_callback(ffi.NULL, lib.PREVIEW_NONE, 1, True, False, ffi.NULL)
                 if bar is not None:
