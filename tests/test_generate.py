@@ -180,7 +180,9 @@ def test_system_and_build_info():
     info = pysdcpp.build_info()
     assert info["sdcpp_version"] == info["sdcpp_version_runtime"]
     assert "0.4.7" in info["sdcpp_version"]
-    assert isinstance(pysdcpp.system_info(), str) and pysdcpp.system_info()
+    text = pysdcpp.system_info()
+    assert ("backend: CUDA" in text) == info["cuda"]
+    assert "System Info" in text  # sd.cpp's own part follows
 
 
 def test_random_checkpoint_has_exactly_the_tensors_sd_cpp_expects(sd15_path, caplog):

@@ -93,10 +93,14 @@ def fetch_sdist(lock: dict, dest: Path) -> Path:
     """pip-download the pinned sdist by name; pip verifies the hash (--require-hashes)."""
     req = dest / "requirements.txt"
     req.write_text(f"{lock['package']}=={lock['version']} --hash=sha256:{lock['sha256']}\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
+    # pip is a build requirement (pyproject.toml), so `python -m pip` works in an isolated
+    # build environment too; a pip executable on PATH is the fallback.
+    has_pip = subprocess.run([sys.executable, "-c", "import pip"], capture_output=True).returncode == 0
+    pip = [sys.executable, "-m", "pip"] if has_pip or not shutil.which("pip3") else [shutil.which("pip3")]
+    cmd = [*pip, "download", "--no-deps", "--no-binary=:all:",
            "--require-hashes", "--no-build-isolation", "--disable-pip-version-check",
            "-d", str(dest), "-r", str(req)]
-    log("fetching " + " ".join(cmd[3:]))
+    log("fetching " + " ".join(cmd[len(pip):]))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(dest.glob("*.tar.gz"))
     if not found:

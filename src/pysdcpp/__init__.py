@@ -23,8 +23,12 @@ __version__ = "0.1.0"
 
 
 def system_info() -> str:
-    """sd.cpp's system information (backends and CPU features it was built with)."""
-    return ffi.string(lib.sd_get_system_info()).decode()
+    """The GPU backend this copy was built with, then sd.cpp's own system information
+    (the CPU features ggml uses)."""
+    info = build_info()
+    backend = f"CUDA (architectures {info['cuda_architectures'] or 'default'})" if info["cuda"] else "CPU only"
+    return (f"pysdcpp {__version__}, sd.cpp {info['sdcpp_version']}, backend: {backend}\n"
+            + ffi.string(lib.sd_get_system_info()).decode())
 
 
 @lru_cache(maxsize=None)

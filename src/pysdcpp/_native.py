@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 from typing import Any, Callable, Iterator
 
@@ -109,17 +108,6 @@ def in_call() -> bool:
     return _state.errors is not None
 
 
-def string(value: bytes | None):
-    """A C string argument (kept alive by the caller holding the returned object)."""
-    return ffi.NULL if value is None else ffi.new("char[]", value)
-
-
-def to_bytes_path(path) -> bytes:
-    import os
-
-    return os.fsencode(path)
-
-
 def take_c_string(ptr) -> str:
     """Read and free a malloc'ed C string returned by sd.cpp."""
     if ptr == ffi.NULL:
@@ -128,7 +116,3 @@ def take_c_string(ptr) -> str:
         return decode(ptr)
     finally:
         lib.free(ptr)
-
-
-def on_shutdown_safe() -> bool:
-    return not sys.is_finalizing()

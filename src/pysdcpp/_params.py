@@ -14,7 +14,6 @@ reachable.  Conversions go by the field's C type, read from cffi:
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -255,10 +254,3 @@ IMG_GEN = Table("sd_img_gen_params_t", lib.sd_img_gen_params_init, _IMG_NAMES, s
     "skip_layers": ("sample_params.guidance.slg.layers", "sample_params.guidance.slg.layer_count"),
     "sigmas": ("sample_params.custom_sigmas", "sample_params.custom_sigmas_count"),
 })
-
-
-def check_finite(values: dict[str, Any], names) -> None:
-    for name in names:
-        value = values.get(name)
-        if isinstance(value, float) and math.isnan(value):
-            raise InvalidArgumentError(f"{name} is NaN")

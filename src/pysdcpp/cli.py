@@ -1194,7 +1194,7 @@ def run(p: dict) -> int:
     log.debug("%s", _version_string())
     log.debug("%s", ffi.string(lib.sd_get_system_info()).decode())
     vae_decode_only = True
-    init = end = None
+    init = None
     if p["init_image_path"]:
         vae_decode_only = False
         set_size = p["width"] > 0 and p["height"] > 0
