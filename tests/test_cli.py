@@ -190,3 +190,45 @@ def test_same_images_and_metadata_as_sd_cli(name, sd15_path, inputs, tmp_path, c
     else:
         assert cli.main(argv(b_dir)) == 0, capsys.readouterr()
     assert assert_same_outputs(a_dir, b_dir) == (2 if name == "batch-count" else 1)
+
+
+# --- equivalence in upscale mode on a tiny random ESRGAN --------------------------------------
+UPSCALE = {
+    "x4-32x32": ("in32.png", []),
+    "repeats-2-non-square": ("in12x16.png", ["--upscale-repeats", "2"]),
+    "tiled": ("in32.png", ["--upscale-tile-size", "16"]),
+}
+
+
+@pytest.fixture(scope="module")
+def esrgan_inputs(tmp_path_factory):
+    from pysdcpp import testing
+
+    d = tmp_path_factory.mktemp("esrgan")
+    testing.write_esrgan(d / "esrgan-x4-1block.safetensors", seed=0, dtype="f32", num_block=1)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / "in32.png")
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(d / "in12x16.png")
+    return d
+
+
+@needs_sd_cli
+@pytest.mark.parametrize("name", list(UPSCALE))
+def test_upscale_same_images_and_metadata_as_sd_cli(name, esrgan_inputs, tmp_path):
+    image, extra = UPSCALE[name]
+    model = esrgan_inputs / "esrgan-x4-1block.safetensors"
+    outs = {}
+    for prog, run in (("sd-cli", run_sd_cli), ("pysdcpp", run_pysdcpp)):
+        out = tmp_path / prog
+        out.mkdir()
+        r = run(["-M", "upscale", "--upscale-model", str(model), "-i", str(esrgan_inputs / image),
+                 "-o", str(out / "out.png"), "-t", "2", *extra], out)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        log = r.stdout + r.stderr
+        assert "unknown tensor" not in log and "not in model file" not in log, log[-2000:]
+        outs[prog] = out
+    assert assert_same_outputs(outs["sd-cli"], outs["pysdcpp"]) == 1
+    with Image.open(esrgan_inputs / image) as src, Image.open(outs["pysdcpp"] / "out.png") as up:
+        factor = 4 ** (2 if "--upscale-repeats" in extra else 1)
+        assert up.size == (src.size[0] * factor, src.size[1] * factor)
+        assert np.asarray(up).std() > 0, "constant image"

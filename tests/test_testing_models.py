@@ -365,3 +365,21 @@ def test_sd_cli_loads_sd15_cleanly(tmp_path):
     img = np.asarray(Image.open(out)).astype(np.float64)
     assert img.shape == (64, 64, 3)
     assert img.std() > 10 and len(np.unique(img.reshape(-1, 3), axis=0)) > 1000
+
+
+def test_esrgan_spec_counts_names_and_determinism(tmp_path):
+    # RealESRGAN_x4plus.pth: 23 RRDB blocks, 16,697,987 parameters, 2 + 23 * 30 + 10 tensors
+    full = T.esrgan_spec()
+    assert T.spec_params(full) == 16_697_987 and len(full) == 702
+    tiny = T.esrgan_spec(num_block=1)
+    assert len(tiny) == 42 and T.spec_params(tiny) == 16_697_987 - 22 * 719_424
+    assert tiny["body.0.rdb3.conv5.weight"].shape == (64, 192, 3, 3)
+    assert tiny["conv_last.weight"].shape == (3, 64, 3, 3) and "conv_up2.weight" in tiny
+    assert "conv_up1.weight" not in T.esrgan_spec(num_block=1, scale=1)
+    a, b, c = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    T.write_esrgan(a, seed=0, num_block=1)
+    T.write_esrgan(b, seed=0, num_block=1, workers=1)
+    T.write_esrgan(c, seed=1, num_block=1)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    header, _ = T.read_safetensors_header(a)
+    assert header["conv_first.weight"]["dtype"] == "F32"

@@ -73,6 +73,7 @@ __all__ = [
     "t5xxl_spec",
     "zimage_dit_spec",
     "qwen3_spec",
+    "esrgan_spec",
     "spec_params",
     "spec_bytes",
     "spec_summary",
@@ -85,6 +86,7 @@ __all__ = [
     "write_sdxl",
     "write_flux",
     "write_zimage",
+    "write_esrgan",
     "main",
 ]
 
@@ -550,6 +552,36 @@ def qwen3_spec(prefix="", *, layers=36, hidden=2560, intermediate=9728, num_head
 
 
 # --------------------------------------------------------------------------------------
+# ESRGAN upscaler (BasicSR RRDBNet, RealESRGAN_x4plus naming; mirrors src/esrgan.hpp)
+# --------------------------------------------------------------------------------------
+
+def esrgan_spec(prefix="", *, num_block=23, scale=4, num_in_ch=3, num_out_ch=3, num_feat=64, num_grow_ch=32,
+                spec=None):
+    """RRDBNet as RealESRGAN_x4plus.pth stores it (conv_first, body.N.rdbK.convL, conv_body, conv_up1/2, ...).
+
+    sd.cpp infers the block count from the ``body.N.`` names and the scale from conv_up1/conv_up2,
+    so ``num_block=1`` gives a tiny model it loads; num_feat/num_grow_ch/channels are hard-coded
+    there (64/32/3), keep the defaults for a loadable file.
+    """
+    b = _SpecBuilder(spec, prefix)
+    b.conv("conv_first", num_in_ch, num_feat)
+    for i in range(num_block):
+        for j in range(1, 4):
+            rb = b.sub(f"body.{i}.rdb{j}.")
+            for k in range(1, 6):
+                n_out = num_feat if k == 5 else num_grow_ch
+                rb.conv(f"conv{k}", num_feat + (k - 1) * num_grow_ch, n_out)
+    b.conv("conv_body", num_feat, num_feat)
+    if scale >= 2:
+        b.conv("conv_up1", num_feat, num_feat)
+    if scale == 4:
+        b.conv("conv_up2", num_feat, num_feat)
+    b.conv("conv_hr", num_feat, num_feat)
+    b.conv("conv_last", num_feat, num_out_ch)
+    return b.spec
+
+
+# --------------------------------------------------------------------------------------
 # Counting helpers
 # --------------------------------------------------------------------------------------
 
@@ -958,6 +990,15 @@ def write_zimage(outdir, seed: int = 0, dtype: str = "bf16", llm_layers: int = 3
     return out
 
 
+def write_esrgan(path, seed: int = 0, dtype: str = "f32", num_block: int = 1, scale: int = 4,
+                 workers: Optional[int] = None, **kw):
+    """RealESRGAN_x4plus-style upscaler (for ``sd-cli -M upscale --upscale-model``) with
+    ``num_block`` RRDB blocks (the real model has 23; 1 keeps CPU tests fast)."""
+    md = {"pysdcpp.testing.arch": f"esrgan num_block={num_block} scale={scale}"}
+    return write_safetensors(path, esrgan_spec(num_block=num_block, scale=scale), seed, dtype, workers,
+                             metadata=md, **kw)
+
+
 # --------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------
@@ -991,6 +1032,11 @@ def main(argv=None):
     p.add_argument("outdir")
     common(p, "bf16")
     p.add_argument("--llm-layers", type=int, default=36)
+    p = sub.add_parser("esrgan", help="RealESRGAN_x4plus-style upscaler single file")
+    p.add_argument("out")
+    common(p, "f32")
+    p.add_argument("--num-block", type=int, default=1, help="RRDB blocks (RealESRGAN_x4plus: 23)")
+    p.add_argument("--scale", type=int, default=4, choices=[1, 2, 4])
     p = sub.add_parser("count", help="print params/bytes per component of the full-size specs")
     p.add_argument("--dtype", default="f16", choices=["f32", "f16", "bf16"])
     a = ap.parse_args(argv)
@@ -999,7 +1045,8 @@ def main(argv=None):
     if a.arch == "count":
         for name, spec in [("sd15", sd15_spec()), ("sdxl", sdxl_spec()), ("flux_dit", flux_dit_spec()),
                            ("clip_l", clip_l_spec()), ("t5xxl", t5xxl_spec()), ("flux_ae", flux_vae_spec()),
-                           ("zimage_dit", zimage_dit_spec()), ("qwen3_4b", qwen3_spec())]:
+                           ("zimage_dit", zimage_dit_spec()), ("qwen3_4b", qwen3_spec()),
+                           ("esrgan_x4", esrgan_spec())]:
             for comp, d in spec_summary(spec, a.dtype).items():
                 print(f"{name:10s} {comp:28s} {d['params']:>14,d} params {d['bytes'] / 2**30:8.3f} GiB")
         return 0
@@ -1013,6 +1060,8 @@ def main(argv=None):
         paths = write_flux(a.outdir, a.seed, a.dtype, a.depth_double, a.depth_single, a.hidden_size, a.workers,
                            te_dtype=a.te_dtype, components=comps, **kw)
         print(json.dumps(paths, indent=1))
+    elif a.arch == "esrgan":
+        write_esrgan(a.out, a.seed, a.dtype, a.num_block, a.scale, a.workers, **kw)
     elif a.arch == "zimage":
         paths = write_zimage(a.outdir, a.seed, a.dtype, a.llm_layers, a.workers, **kw)
         print(json.dumps(paths, indent=1))
