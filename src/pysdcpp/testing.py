@@ -933,6 +933,18 @@ def write_sdxl(path, seed: int = 0, dtype: str = "f16", workers: Optional[int] =
     return write_safetensors(path, sdxl_spec(), seed, dtype, workers, metadata={"pysdcpp.testing.arch": "sdxl"}, **kw)
 
 
+def _write_components(outdir, files, makers, components, seed, workers, kw):
+    """Write each requested component (makers: name -> (spec maker, dtype, metadata)) into
+    outdir under its file name; returns {component: path}."""
+    out = {}
+    for c in components:
+        make_spec, dt, metadata = makers[c]
+        path = os.path.join(outdir, files[c])
+        write_safetensors(path, make_spec(), seed, dt, workers, metadata=metadata, **kw)
+        out[c] = path
+    return out
+
+
 FLUX_FILES = {"diffusion_model": "flux1-dev.safetensors", "clip_l": "clip_l.safetensors",
               "t5xxl": "t5xxl.safetensors", "vae": "ae.safetensors"}
 
@@ -956,13 +968,7 @@ def write_flux(outdir, seed: int = 0, dtype: str = "bf16", depth: int = 19, dept
         "t5xxl": (t5xxl_spec, te_dtype, {"pysdcpp.testing.arch": "t5xxl"}),
         "vae": (flux_vae_spec, vae_dtype, {"pysdcpp.testing.arch": "flux_ae"}),
     }
-    out = {}
-    for c in components:
-        mk, d, m = makers[c]
-        p = os.path.join(outdir, FLUX_FILES[c])
-        write_safetensors(p, mk(), seed, d, workers, metadata=m, **kw)
-        out[c] = p
-    return out
+    return _write_components(outdir, FLUX_FILES, makers, components, seed, workers, kw)
 
 
 ZIMAGE_FILES = {"diffusion_model": "z_image_turbo.safetensors", "llm": "qwen3_4b.safetensors",
@@ -981,13 +987,7 @@ def write_zimage(outdir, seed: int = 0, dtype: str = "bf16", llm_layers: int = 3
         "llm": (lambda: qwen3_spec(layers=llm_layers), te_dtype, {"pysdcpp.testing.arch": f"qwen3 layers={llm_layers}"}),
         "vae": (flux_vae_spec, vae_dtype, {"pysdcpp.testing.arch": "flux_ae"}),
     }
-    out = {}
-    for c in components:
-        mk, d, m = makers[c]
-        p = os.path.join(outdir, ZIMAGE_FILES[c])
-        write_safetensors(p, mk(), seed, d, workers, metadata=m, **kw)
-        out[c] = p
-    return out
+    return _write_components(outdir, ZIMAGE_FILES, makers, components, seed, workers, kw)
 
 
 def write_esrgan(path, seed: int = 0, dtype: str = "f32", num_block: int = 1, scale: int = 4,
