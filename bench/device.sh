@@ -5,6 +5,7 @@
 #   test    GPU tests (pytest -m gpu) + a generation + system_info
 #   models  random-weight W1 (Flux-dev) and W2 (SDXL) checkpoints on local disk
 #   w1 w2   the streaming benchmark;  peer  diffusers group offload on the same shape;  h2d
+#   profile per-kernel GPU time of a resident W1 step (bench/profile.py)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 MODELS=${MODELS:-/tmp/pysdcpp-models}
@@ -32,6 +33,8 @@ for phase in "$@"; do
     w1) python3 bench/stream.py run --models "$MODELS" --workload w1 --out "$OUT/stream_w1.json" ${W1_MODES:+--modes $W1_MODES} ;;
     w2) python3 bench/stream.py run --models "$MODELS" --workload w2 --out "$OUT/stream_w2.json" ${W2_MODES:+--modes $W2_MODES} ;;
     h2d) python3 bench/stream.py h2d | tee "$OUT/h2d.json" ;;
+    profile)
+      timeout 200 python3 bench/profile.py --models "$MODELS" --workload w1 --out "$OUT/profile_w1.json" ${PROFILE_CTX:+--ctx "$PROFILE_CTX"} ;;
     peer)
       python3 -m pip install -q --no-index --no-deps --root-user-action=ignore .wheelhouse/diffusers-*.whl .wheelhouse/importlib_metadata-*.whl
       for spec in "resident 5 70" "grp_stream 5 100"; do

@@ -60,6 +60,11 @@ MODES = {
     "residency_8": dict(OFF, max_vram=8, stream_layers=True, stream_residency=True),
     "residency_16": dict(OFF, max_vram=16, stream_layers=True, stream_residency=True),
     "pinned_sync_2": dict(OFF, max_vram=2, stream_layers=False),
+    # prefetch depth 2: three slots in flight (the default, depth 1, has two)
+    "prefetch_2_d2": dict(OFF, max_vram=2, stream_layers=True, stream_residency=False, stream_prefetch_depth=2),
+    "prefetch_4_d2": dict(OFF, max_vram=4, stream_layers=True, stream_residency=False, stream_prefetch_depth=2),
+    "prefetch_8_d2": dict(OFF, max_vram=8, stream_layers=True, stream_residency=False, stream_prefetch_depth=2),
+    "residency_16_d2": dict(OFF, max_vram=16, stream_layers=True, stream_residency=True, stream_prefetch_depth=2),
     "base_pageable_sync_2": dict(OFF, max_vram=2, pin_offloaded_params=False, stream_layers=False),
 }
 DEFAULT_MODES = ["resident", "prefetch_8", "residency_16", "pinned_sync_8", "base_pageable_sync_8",

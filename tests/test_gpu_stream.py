@@ -192,5 +192,46 @@ def test_vram_returns_to_baseline_after_close(sd15):
         assert after - baseline <= 64, f"{after - baseline} MiB not returned"
 
 
+def test_vram_returns_to_baseline_after_failed_and_cancelled_generation(sd15):
+    """A generation that fails in C with a segment's params on the device and copies in flight,
+    and one cancelled mid-sampling: the context stays usable and, once closed, gives back its VRAM."""
+    prompt = dict(prompt="x", **{**SD15, "steps": 6})
+    run(sd15, prompt, **STREAM, stream_layers=True)
+    baseline = gpu_used_mib()
+    results = {}
+    for case in ("failed", "cancelled"):
+        with pysdcpp.Context(**sd15, **STREAM, stream_layers=True) as ctx:
+            opened = gpu_used_mib()
+            if case == "failed":
+                with env(SDCPP_TEST_FAIL_SEGMENT=3), pytest.raises(pysdcpp.GenerationError):
+                    ctx.generate(**prompt)
+            else:
+                def progress(step, steps, t):
+                    if step == 2:
+                        ctx.cancel()
+                with pytest.raises(pysdcpp.CancelledError):
+                    ctx.generate(progress=progress, **prompt)
+            after_error = gpu_used_mib()
+            again = [np.asarray(im) for im in ctx.generate(**{**prompt, "steps": 2})]
+            assert again and again[0].std() > 1.0, "the context must stay usable"
+        after_close = gpu_used_mib()
+        results[case] = {"baseline_mib": baseline, "opened_mib": opened, "after_error_mib": after_error,
+                         "after_close_mib": after_close}
+        record(f"vram_after_{case}", results[case])
+        assert after_error - opened <= 64, f"{case}: {after_error - opened} MiB held by the open context"
+        assert after_close - baseline <= 64, f"{case}: {after_close - baseline} MiB not returned"
+
+
+def test_depth2_slots_bit_exact_and_counted(sd15):
+    """Three slots in flight (depth 2) against synchronous copies of the same segments."""
+    prompt = dict(prompt="a lighthouse", **SD15)
+    budget = dict(offload_params_to_cpu=True, max_vram=1.0)
+    sync, _ = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=0, stream_residency=False)
+    deep, stats = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=2, stream_residency=False)
+    record("depth2", vars_of(stats[0]))
+    assert same(deep, sync)
+    assert stats[0].prefetch_adopted > 0 and stats[0].peak_vram_bytes <= 1 << 30
+
+
 def vars_of(stats):
     return None if stats is None else stats.as_dict()

@@ -81,3 +81,24 @@ def test_two_generations_and_a_resolution_change(sd15_path, ctx):
     for a, b in zip(got, ref):
         assert same(a, b)
     assert all(s.prefetch_adopted > 0 for s in stats)
+
+
+def test_depth2_three_slots_bit_exact_within_budget(sd15_path, reference):
+    (images,), (s,) = run(sd15_path, max_vram=BUDGET, stream_layers=True, stream_prefetch_depth=2)
+    assert same(images, reference)
+    assert s.prefetch_adopted > 0 and s.prefetch_fallback == 0
+    assert s.peak_vram_bytes <= s.budget_bytes
+
+
+def test_failed_segment_raises_and_the_context_recovers(sd15_path, reference, monkeypatch):
+    """A segment fails with its params adopted and the next ones' copies queued: the generation
+    raises, and the same context then streams the reference bytes again."""
+    with pysdcpp.Context(sd15_path, n_threads=THREADS, offload_params_to_cpu=True, max_vram=BUDGET,
+                         stream_layers=True) as c:
+        monkeypatch.setenv("SDCPP_TEST_FAIL_SEGMENT", "3")
+        with pytest.raises(pysdcpp.GenerationError):
+            c.generate(**GEN)
+        monkeypatch.delenv("SDCPP_TEST_FAIL_SEGMENT")
+        again = [np.asarray(im) for im in c.generate(**GEN)]
+        assert c.last_stream_stats.prefetch_adopted > 0
+    assert same(again, reference)
