@@ -30,7 +30,9 @@ for phase in "$@"; do
         -m gpu -v -rA tests/test_gpu_stream.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASSED|FAILED|ERROR|crash|passed|failed|^E " | head -60 ;;
     models)
       python3 bench/stream.py prepare --models "$MODELS" --workers 16 2>&1 | tail -5 ;;
-    w1) python3 bench/stream.py run --models "$MODELS" --workload w1 --out "$OUT/stream_w1.json" ${W1_MODES:+--modes $W1_MODES} ;;
+    w1) mkdir -p /tmp/bench-images
+        BENCH_IMAGE_DIR=/tmp/bench-images python3 bench/stream.py run --models "$MODELS" --workload w1 --out "$OUT/stream_w1.json" ${W1_MODES:+--modes $W1_MODES}
+        python3 bench/stream.py compare --dir /tmp/bench-images --against w1_resident | tee "$OUT/compare_w1.json" ;;
     w2) python3 bench/stream.py run --models "$MODELS" --workload w2 --out "$OUT/stream_w2.json" ${W2_MODES:+--modes $W2_MODES} ;;
     h2d) python3 bench/stream.py h2d | tee "$OUT/h2d.json" ;;
     profile)

@@ -67,6 +67,12 @@ MODES = {
     "residency_16_d2": dict(OFF, max_vram=16, stream_layers=True, stream_residency=True, stream_prefetch_depth=2),
     "base_pageable_sync_2": dict(OFF, max_vram=2, pin_offloaded_params=False, stream_layers=False),
 }
+# Modes that run the same context with environment switches (numerics and compute of the patched
+# ggml-cuda against the paths it replaced).
+MODE_ENV = {
+    "resident_bf16_gemm_out": {"GGML_CUDA_BF16_GEMM_BF16_OUT": "1"},
+}
+MODES["resident_bf16_gemm_out"] = {}
 DEFAULT_MODES = ["resident", "prefetch_8", "residency_16", "pinned_sync_8", "base_pageable_sync_8",
                  "prefetch_2", "prefetch_16", "residency_8", "sdcli:prefetch_8", "py:prefetch_8"]
 
@@ -216,9 +222,22 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
     import numpy as np
 
     arr = np.asarray(images[0])
+    if os.environ.get("BENCH_IMAGE_DIR"):  # for max |diff| between modes (see compare_images)
+        np.save(Path(os.environ["BENCH_IMAGE_DIR"]) / f"{workload}_{mode}.npy", arr)
     result["image_std"] = float(arr.std())
     result["image_sha_prefix"] = __import__("hashlib").sha256(arr.tobytes()).hexdigest()[:16]
     return result
+
+
+def compare_images(folder: Path, against: str) -> dict:
+    import numpy as np
+
+    ref = np.load(folder / f"{against}.npy").astype(int)
+    out = {"against": against}
+    for f in sorted(folder.glob("*.npy")):
+        img = np.load(f).astype(int)
+        out[f.stem] = {"max_abs_diff": int(np.abs(img - ref).max()), "identical": bool((img == ref).all())}
+    return out
 
 
 def h2d() -> dict:
@@ -272,10 +291,15 @@ def main() -> int:
     p.add_argument("--workload", required=True)
     p.add_argument("--mode", required=True)
     sub.add_parser("h2d")
+    p = sub.add_parser("compare", help="max |diff| of the images saved under BENCH_IMAGE_DIR against one mode")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--against", default="w1_resident")
     a = ap.parse_args()
 
     if a.cmd == "prepare":
         prepare(a.models, a.workers, a.workloads.split(","))
+    elif a.cmd == "compare":
+        print(json.dumps(compare_images(a.dir, a.against)))
     elif a.cmd == "h2d":
         print(json.dumps(h2d()))
     elif a.cmd == "one":
@@ -292,7 +316,8 @@ def main() -> int:
             cmd = [sys.executable, __file__, "one", "--models", str(a.models), "--workload", a.workload, "--mode", mode]
             t = time.perf_counter()
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
+                                      env={**os.environ, **MODE_ENV.get(mode.split(":")[-1], {})})
                 lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
                 res = json.loads(lines[-1][7:]) if lines else {
                     "workload": a.workload, "mode": mode, "error": f"exit {proc.returncode}",
