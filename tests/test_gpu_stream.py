@@ -194,14 +194,16 @@ def test_vram_returns_to_baseline_after_close(sd15):
 
 def test_vram_returns_to_baseline_after_failed_and_cancelled_generation(sd15):
     """A generation that fails in C with a segment's params on the device and copies in flight,
-    and one cancelled mid-sampling: the context stays usable and, once closed, gives back its VRAM."""
+    and one cancelled mid-sampling: the context stays usable, holds no more than after a good
+    generation (its CUDA pool and cuBLAS workspace live as long as it does) and, once closed,
+    gives back its VRAM."""
     prompt = dict(prompt="x", **{**SD15, "steps": 6})
     run(sd15, prompt, **STREAM, stream_layers=True)
     baseline = gpu_used_mib()
-    results = {}
-    for case in ("failed", "cancelled"):
+    for case in ("cancelled", "failed"):
         with pysdcpp.Context(**sd15, **STREAM, stream_layers=True) as ctx:
-            opened = gpu_used_mib()
+            ctx.generate(**{**prompt, "steps": 2})
+            steady = gpu_used_mib()
             if case == "failed":
                 with env(SDCPP_TEST_FAIL_SEGMENT=3), pytest.raises(pysdcpp.GenerationError):
                     ctx.generate(**prompt)
@@ -215,10 +217,9 @@ def test_vram_returns_to_baseline_after_failed_and_cancelled_generation(sd15):
             again = [np.asarray(im) for im in ctx.generate(**{**prompt, "steps": 2})]
             assert again and again[0].std() > 1.0, "the context must stay usable"
         after_close = gpu_used_mib()
-        results[case] = {"baseline_mib": baseline, "opened_mib": opened, "after_error_mib": after_error,
-                         "after_close_mib": after_close}
-        record(f"vram_after_{case}", results[case])
-        assert after_error - opened <= 64, f"{case}: {after_error - opened} MiB held by the open context"
+        record(f"vram_after_{case}", {"baseline_mib": baseline, "after_good_generation_mib": steady,
+                                      "after_error_mib": after_error, "after_close_mib": after_close})
+        assert after_error - steady <= 64, f"{case}: {after_error - steady} MiB more than after a good generation"
         assert after_close - baseline <= 64, f"{case}: {after_close - baseline} MiB not returned"
 
 
