@@ -71,8 +71,16 @@ MODES = {
 # ggml-cuda against the paths it replaced).
 MODE_ENV = {
     "resident_bf16_gemm_out": {"GGML_CUDA_BF16_GEMM_BF16_OUT": "1"},
+    # how streamed calls use slots (patch 0016): queued ahead, queued after each launch, per segment
+    "prefetch_8_ahead": {"SDCPP_STREAM_SLOTS": "ahead"},
+    "prefetch_8_launch": {"SDCPP_STREAM_SLOTS": "launch"},
+    "prefetch_2_launch": {"SDCPP_STREAM_SLOTS": "launch"},
+    "residency_16_launch": {"SDCPP_STREAM_SLOTS": "launch"},
+    "residency_16_off": {"SDCPP_STREAM_SLOTS": "off"},
 }
 MODES["resident_bf16_gemm_out"] = {}
+for _name in [m for m in MODE_ENV if m != "resident_bf16_gemm_out"]:
+    MODES[_name] = MODES[_name.rsplit("_", 1)[0]]
 DEFAULT_MODES = ["resident", "prefetch_8", "residency_16", "pinned_sync_8", "base_pageable_sync_8",
                  "prefetch_2", "prefetch_16", "residency_8", "sdcli:prefetch_8", "py:prefetch_8"]
 

@@ -102,3 +102,14 @@ def test_failed_segment_raises_and_the_context_recovers(sd15_path, reference, mo
         again = [np.asarray(im) for im in c.generate(**GEN)]
         assert c.last_stream_stats.prefetch_adopted > 0
     assert same(again, reference)
+
+
+@pytest.mark.parametrize("mode,residency", [("launch", False), ("ahead", False), ("off", True)])
+def test_slot_modes_are_bit_exact(sd15_path, reference, monkeypatch, mode, residency):
+    """SDCPP_STREAM_SLOTS picks how a call uses slots (queued ahead, queued after each launch, or
+    per-segment prefetch); the bytes never depend on it."""
+    monkeypatch.setenv("SDCPP_STREAM_SLOTS", mode)
+    (images,), (s,) = run(sd15_path, max_vram=BUDGET, stream_layers=True, stream_residency=residency)
+    assert same(images, reference)
+    assert s.prefetch_adopted > 0 and s.prefetch_fallback == 0
+    assert s.peak_vram_bytes <= s.budget_bytes
