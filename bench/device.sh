@@ -3,7 +3,8 @@
 # (a copy of ../shared/wheelhouse and ../shared/peers). Phases, any subset, in order:
 #   build   CUDA build for sm_90 into build/cuda (kept between calls while the machine is warm)
 #   test    GPU tests (pytest -m gpu) + a generation + system_info
-#   models  random-weight W1 (Flux-dev) and W2 (SDXL) checkpoints on local disk
+#   models  random-weight W1 (Flux-dev) and W2 (SDXL) checkpoints on local disk; models_f16 W1's DiT in f16
+#   run     RUN_WORKLOAD=w1_f16|w1_q8_0|... RUN_MODES=a,b
 #   w1 w2   the streaming benchmark;  peer  diffusers group offload on the same shape;  h2d
 #   profile per-kernel GPU time of a resident W1 step (bench/profile.py)
 set -uo pipefail
@@ -33,6 +34,12 @@ for phase in "$@"; do
     w1) mkdir -p /tmp/bench-images
         BENCH_IMAGE_DIR=/tmp/bench-images python3 bench/stream.py run --models "$MODELS" --workload w1 --out "$OUT/stream_w1.json" ${W1_MODES:+--modes $W1_MODES}
         python3 bench/stream.py compare --dir /tmp/bench-images --against w1_resident | tee "$OUT/compare_w1.json" ;;
+    models_f16)  # W1's DiT in f16, in RAM (the local disk holds W1 and W2 only)
+      mkdir -p /dev/shm/models && ln -sfn /dev/shm/models/flux-f16 "$MODELS/flux-f16"
+      python3 bench/stream.py prepare --models /dev/shm/models --workers 16 --workloads w1_f16 2>&1 | tail -2 ;;
+    run)  # RUN_WORKLOAD=w1_f16 RUN_MODES=resident,...
+      python3 bench/stream.py run --models "$MODELS" --workload "$RUN_WORKLOAD" --out "$OUT/stream_$RUN_WORKLOAD.json" \
+        ${RUN_MODES:+--modes $RUN_MODES} ;;
     w2) python3 bench/stream.py run --models "$MODELS" --workload w2 --out "$OUT/stream_w2.json" ${W2_MODES:+--modes $W2_MODES} ;;
     h2d) python3 bench/stream.py h2d | tee "$OUT/h2d.json" ;;
     profile)

@@ -44,6 +44,12 @@ WORKLOADS = {
     ),
 }
 
+# W1 with f16 weights (the same DiT written in f16), and with the bf16 file quantized to q8_0 at
+# load (sd-cli --type q8_0): what users of Flux on small GPUs actually run.
+WORKLOADS["w1_f16"] = dict(WORKLOADS["w1"], files=dict(WORKLOADS["w1"]["files"],
+                                                       diffusion_model="flux-f16/flux1-dev.safetensors"))
+WORKLOADS["w1_q8_0"] = dict(WORKLOADS["w1"], ctx=dict(WORKLOADS["w1"]["ctx"], wtype="q8_0"))
+
 # A seconds-long smoke test of this script itself (SD 1.5 written by pysdcpp.testing, tiny image).
 WORKLOADS["smoke"] = dict(files=dict(model="sd15/sd15.safetensors"), ctx={},
                           gen=dict(prompt="x", width=64, height=64, steps=4, seed=1, cfg_scale=7.0,
@@ -77,10 +83,24 @@ MODE_ENV = {
     "prefetch_2_launch": {"SDCPP_STREAM_SLOTS": "launch"},
     "residency_16_launch": {"SDCPP_STREAM_SLOTS": "launch"},
     "residency_16_off": {"SDCPP_STREAM_SLOTS": "off"},
+    # CUDA graphs (built in by default) switched off at run time: what replaying the captured
+    # kernels of an unchanged graph saves against launching each kernel from the host
+    "resident_nographs": {"GGML_CUDA_DISABLE_GRAPHS": "1"},
+    "prefetch_8_nographs": {"GGML_CUDA_DISABLE_GRAPHS": "1"},
+    "prefetch_8_launch_nographs": {"SDCPP_STREAM_SLOTS": "launch", "GGML_CUDA_DISABLE_GRAPHS": "1"},
+    "residency_16_nographs": {"GGML_CUDA_DISABLE_GRAPHS": "1"},
 }
-MODES["resident_bf16_gemm_out"] = {}
-for _name in [m for m in MODE_ENV if m != "resident_bf16_gemm_out"]:
-    MODES[_name] = MODES[_name.rsplit("_", 1)[0]]
+
+
+def _base_mode(name: str) -> str:
+    """prefetch_8_launch_nographs -> prefetch_8: the context options a switched mode runs with."""
+    while name not in MODES:
+        name = name.rsplit("_", 1)[0]
+    return name
+
+
+for _name in MODE_ENV:
+    MODES.setdefault(_name, MODES[_base_mode(_name)])
 DEFAULT_MODES = ["resident", "prefetch_8", "residency_16", "pinned_sync_8", "base_pageable_sync_8",
                  "prefetch_2", "prefetch_16", "residency_8", "sdcli:prefetch_8", "py:prefetch_8"]
 
@@ -274,6 +294,10 @@ def prepare(models: Path, workers: int, which: list[str]) -> None:
         t = time.perf_counter()
         testing.write_flux(models / "flux", seed=0, dtype="bf16", workers=workers)
         print(f"w1 written in {time.perf_counter() - t:.1f} s", flush=True)
+    if "w1_f16" in which:
+        t = time.perf_counter()
+        testing.write_flux(models / "flux-f16", seed=0, dtype="f16", workers=workers, components=("diffusion_model",))
+        print(f"w1_f16 written in {time.perf_counter() - t:.1f} s", flush=True)
     if "w2" in which:
         t = time.perf_counter()
         (models / "sdxl").mkdir(parents=True, exist_ok=True)
