@@ -83,12 +83,6 @@ MODE_ENV = {
     "prefetch_2_launch": {"SDCPP_STREAM_SLOTS": "launch"},
     "residency_16_launch": {"SDCPP_STREAM_SLOTS": "launch"},
     "residency_16_off": {"SDCPP_STREAM_SLOTS": "off"},
-    # CUDA graphs (built in by default) switched off at run time: what replaying the captured
-    # kernels of an unchanged graph saves against launching each kernel from the host
-    "resident_nographs": {"GGML_CUDA_DISABLE_GRAPHS": "1"},
-    "prefetch_8_nographs": {"GGML_CUDA_DISABLE_GRAPHS": "1"},
-    "prefetch_8_launch_nographs": {"SDCPP_STREAM_SLOTS": "launch", "GGML_CUDA_DISABLE_GRAPHS": "1"},
-    "residency_16_nographs": {"GGML_CUDA_DISABLE_GRAPHS": "1"},
 }
 
 
