@@ -6,7 +6,7 @@
 #   models  random-weight W1 (Flux-dev) and W2 (SDXL) checkpoints on local disk; models_f16 W1's DiT in f16
 #   run     RUN_WORKLOAD=w1_f16|w1_q8_0|... RUN_MODES=a,b
 #   w1 w2   the streaming benchmark;  peer  diffusers group offload on the same shape;  h2d
-#   profile per-kernel GPU time of a resident W1 step (bench/profile.py)
+#   profile per-kernel GPU time of a W1 step (bench/profile.py): resident, or PROFILE_CTX='{...}' PROFILE_NAME=x
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 MODELS=${MODELS:-/tmp/pysdcpp-models}
@@ -43,12 +43,12 @@ for phase in "$@"; do
     w2) python3 bench/stream.py run --models "$MODELS" --workload w2 --out "$OUT/stream_w2.json" ${W2_MODES:+--modes $W2_MODES} ;;
     h2d) python3 bench/stream.py h2d | tee "$OUT/h2d.json" ;;
     profile)
-      timeout 200 python3 bench/profile.py --models "$MODELS" --workload w1 --out "$OUT/profile_w1.json" ${PROFILE_CTX:+--ctx "$PROFILE_CTX"} ;;
+      timeout 200 python3 bench/profile.py --models "$MODELS" --workload w1 --out "$OUT/profile_${PROFILE_NAME:-w1}.json" \
+        ${PROFILE_CTX:+--ctx "$PROFILE_CTX"} | tail -40 ;;
     peer)
       python3 -m pip install -q --no-index --no-deps --root-user-action=ignore .wheelhouse/diffusers-*.whl .wheelhouse/importlib_metadata-*.whl
-      for spec in "resident 5 70" "grp_stream 5 100"; do
-        set -- $spec
-        timeout $3 python3 .wheelhouse/diffusers_flux_offload.py $1 $2 2>&1 | grep '^{'
+      for mode in ${PEER_MODES:-resident grp_stream}; do  # 5 timed steps each
+        timeout $([ $mode = resident ] && echo 70 || echo 100) python3 .wheelhouse/diffusers_flux_offload.py $mode 5 2>&1 | grep '^{'
       done ;;
   esac
 done

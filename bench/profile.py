@@ -12,6 +12,11 @@ that of the last step, so it holds whole steps only (no text encoders, no VAE).
 Per step it reports: wall time, the sum of kernel times, their difference (GPU idle: launch
 gaps, host work between graphs), and kernel time grouped by op type (matmul, flash attention,
 norms, RoPE, elementwise, type conversions and copies, other), with the 25 costliest kernels.
+
+With --ctx for a streamed context (e.g. '{"offload_params_to_cpu": true, "max_vram": 8,
+"stream_layers": true}') the "timeline" part says, per step, how long the GPU ran kernels, how
+long host->device copies ran, how long both ran at once, and how long neither did: the time a
+streamed step loses to copies that do not overlap compute, and to nothing at all.
 """
 from __future__ import annotations
 
@@ -49,6 +54,71 @@ def category(name: str) -> str:
 
 def short(name: str) -> str:
     return re.sub(r"\s+", " ", name)[:160]
+
+
+def _union(intervals):
+    """Merged [start, end) intervals, sorted."""
+    out = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _length(merged) -> float:
+    return sum(b - a for a, b in merged)
+
+
+def _intersection(x, y) -> float:
+    i = j = 0
+    total = 0.0
+    while i < len(x) and j < len(y):
+        a, b = max(x[i][0], y[j][0]), min(x[i][1], y[j][1])
+        total += max(0.0, b - a)
+        if x[i][1] < y[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def timeline(trace_path: Path, n_steps: int) -> dict:
+    """Kernel / host->device copy busy time and their overlap, per step, from a kineto trace."""
+    events = json.loads(trace_path.read_text()).get("traceEvents", [])
+    kernels, h2d, h2d_bytes = [], [], 0
+    for ev in events:
+        if ev.get("ph") != "X" or "dur" not in ev:
+            continue
+        span = (float(ev["ts"]), float(ev["ts"]) + float(ev["dur"]))
+        cat = ev.get("cat", "")
+        if cat == "kernel":
+            kernels.append(span)
+        elif cat == "gpu_memcpy" and "HtoD" in ev.get("name", ""):
+            h2d.append(span)
+            h2d_bytes += int((ev.get("args") or {}).get("bytes", 0))
+    if not kernels:
+        return {}
+    k, c = _union(kernels), _union(h2d)
+    start = min(k[0][0], c[0][0] if c else k[0][0])
+    end = max(k[-1][1], c[-1][1] if c else k[-1][1])
+    both = _intersection(k, c)
+    busy = _length(_union(kernels + h2d))
+    per = lambda us: round(us / 1e3 / n_steps, 2)  # noqa: E731
+    h2d_ms = _length(c)
+    return {
+        "gpu_span_ms": per(end - start),
+        "kernel_busy_ms": per(_length(k)),
+        "h2d_busy_ms": per(h2d_ms),
+        "kernel_and_h2d_ms": per(both),
+        "h2d_only_ms": per(h2d_ms - both),
+        "kernel_only_ms": per(_length(k) - both),
+        "neither_ms": per((end - start) - busy),
+        "h2d_gb": round(h2d_bytes / 1e9 / n_steps, 3),
+        "h2d_gbps_while_copying": round(h2d_bytes / 1e3 / h2d_ms, 2) if h2d_ms else None,
+        "h2d_copies": round(len(h2d) / n_steps, 1),
+    }
 
 
 def main() -> int:
@@ -97,6 +167,10 @@ def main() -> int:
         rec = per_kernel[ev.name]
         rec[0] += 1
         rec[1] += dur_us / 1e3
+    trace = a.out.with_suffix(".trace.json")
+    prof.export_chrome_trace(str(trace))
+    tl = timeline(trace, n_steps)
+    trace.unlink()
     total_ms = sum(v[1] for v in per_kernel.values())
     by_cat = defaultdict(float)
     for name, (count, ms) in per_kernel.items():
@@ -110,12 +184,13 @@ def main() -> int:
         "step_gpu_idle_ms": round((wall * 1e3 - total_ms) / n_steps, 2),
         "kernels_per_step": round(sum(v[0] for v in per_kernel.values()) / n_steps, 1),
         "by_category_ms_per_step": {k: round(v / n_steps, 2) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+        "timeline": tl,
         "top_kernels": [{"name": short(n), "category": category(n), "calls_per_step": round(c / n_steps, 1),
                          "ms_per_step": round(ms / n_steps, 3)} for n, (c, ms) in top],
     }
     a.out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("step_wall_ms", "step_kernel_ms", "step_gpu_idle_ms",
-                                             "kernels_per_step", "by_category_ms_per_step")}, indent=1))
+                                             "kernels_per_step", "by_category_ms_per_step", "timeline")}, indent=1))
     for t in result["top_kernels"][:12]:
         print(f"{t['ms_per_step']:9.2f} ms {t['calls_per_step']:7.1f}x  {t['category']:<28} {t['name'][:110]}")
     return 0

@@ -77,12 +77,20 @@ MODES = {
 # ggml-cuda against the paths it replaced).
 MODE_ENV = {
     "resident_bf16_gemm_out": {"GGML_CUDA_BF16_GEMM_BF16_OUT": "1"},
-    # how streamed calls use slots (patch 0016): queued ahead, queued after each launch, per segment
+    # how streamed calls use slots (patch 0016; "launch" is the default since 0017): queued ahead,
+    # queued after each launch, per segment
     "prefetch_8_ahead": {"SDCPP_STREAM_SLOTS": "ahead"},
     "prefetch_8_launch": {"SDCPP_STREAM_SLOTS": "launch"},
     "prefetch_2_launch": {"SDCPP_STREAM_SLOTS": "launch"},
     "residency_16_launch": {"SDCPP_STREAM_SLOTS": "launch"},
     "residency_16_off": {"SDCPP_STREAM_SLOTS": "off"},
+    # segments sized max_vram / n instead of / 2 (streaming) or / 4 (residency): smaller slots,
+    # more resident params, more segments (patch 0017)
+    "prefetch_8_div4": {"SDCPP_STREAM_PLAN_DIVISOR": "4"},
+    "residency_8_div8": {"SDCPP_STREAM_PLAN_DIVISOR": "8"},
+    "residency_16_div6": {"SDCPP_STREAM_PLAN_DIVISOR": "6"},
+    "residency_16_div8": {"SDCPP_STREAM_PLAN_DIVISOR": "8"},
+    "residency_16_div12": {"SDCPP_STREAM_PLAN_DIVISOR": "12"},
 }
 
 
