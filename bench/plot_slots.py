@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Bar chart of the W1 runs after the slot pipeline and the ggml-cuda fixes, with the earlier
-run and the diffusers peer of each session beside them.
+"""Bar charts of the W1 streaming runs on the H200, with the diffusers peer of each session.
 
-    python3 bench/plot_slots.py     # writes bench/results/stream_slots_h200.png
+    python3 bench/plot_slots.py     # writes bench/results/stream_slots_h200.png (session 2:
+                                    # slots and the first compute fixes) and
+                                    # bench/results/stream_launch_h200.png (session 3: how slots
+                                    # are queued, segment sizes)
 """
 from __future__ import annotations
 
@@ -16,11 +18,51 @@ RUNS = [("before (patches 0001-0009)", "stream_w1_h200.json", "peer_diffusers_h2
 MODES = ["resident", "prefetch_8", "prefetch_2", "residency_16", "pinned_sync_8"]
 
 
+# Session 3: (panel title, run file, peer file, [(mode, label)]).
+PANELS = [
+    ("how slots are queued (fdfb9b5)", "stream_w1_launch_h200.json", "peer_diffusers_launch_h200.jsonl",
+     [("prefetch_8", "8 GiB, per segment"), ("prefetch_8_ahead", "8 GiB, slots ahead"),
+      ("prefetch_8_launch", "8 GiB, slots after launch"), ("prefetch_2", "2 GiB, per segment"),
+      ("prefetch_2_launch", "2 GiB, slots after launch"), ("residency_16_off", "res. 16 GiB, per segment"),
+      ("residency_16", "res. 16 GiB, slots ahead"), ("residency_16_launch", "res. 16 GiB, slots after launch")]),
+    ("segment size, slots after launch (a0f7d7a)", "stream_w1_0017_h200.json", "peer_diffusers_0017_h200.jsonl",
+     [("pinned_sync_8", "8 GiB, pinned sync"), ("prefetch_8", "8 GiB, max_vram/2"),
+      ("prefetch_8_div4", "8 GiB, /4 (default)"), ("residency_8", "res. 8 GiB, /4"),
+      ("residency_8_div8", "res. 8 GiB, /8 (default)"), ("residency_16", "res. 16 GiB, /4"),
+      ("residency_16_div8", "res. 16 GiB, /8 (default)"), ("residency_16_div12", "res. 16 GiB, /12")]),
+]
+
+
+def plot_session3(plt) -> None:
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(13, 4.8), sharex=True)
+    for ax, (title, run_file, peer_file, modes) in zip(axes, PANELS):
+        runs = {r["mode"]: r for r in json.loads((RESULTS / run_file).read_text())["runs"]}
+        peer = {p["mode"]: p["median_s"] for p in map(json.loads, (RESULTS / peer_file).read_text().splitlines())}
+        values = [runs[m]["steady_step_s"] for m, _ in modes]
+        ys = range(len(modes))
+        ax.barh(ys, values, color=["tab:green" if "res" in label else "tab:blue" for _, label in modes])
+        for y, v in zip(ys, values):
+            ax.text(v + 0.01, y, f"{v:.3f}", va="center", fontsize=7)
+        ax.set_yticks(list(ys), [label for _, label in modes], fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(peer["grp_stream"], color="tab:red", lw=1, label=f"diffusers grp_stream {peer['grp_stream']:.3f}")
+        ax.axvline(23.80e9 / 55.43e9, color="k", ls="--", lw=0.8, label="full-stream bound 0.429")
+        if "resident" in runs:
+            ax.axvline(runs["resident"]["steady_step_s"], color="gray", ls=":", lw=1,
+                       label=f"resident {runs['resident']['steady_step_s']:.3f}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("s / step (W1: FLUX.1-dev bf16, 1024², H200)", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "stream_launch_h200.png", dpi=120)
+
+
 def main() -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plot_session3(plt)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(RUNS)
     for i, (label, run_file, peer_file) in enumerate(RUNS):

@@ -84,9 +84,12 @@ MODE_ENV = {
     "prefetch_2_launch": {"SDCPP_STREAM_SLOTS": "launch"},
     "residency_16_launch": {"SDCPP_STREAM_SLOTS": "launch"},
     "residency_16_off": {"SDCPP_STREAM_SLOTS": "off"},
-    # segments sized max_vram / n instead of / 2 (streaming) or / 4 (residency): smaller slots,
-    # more resident params, more segments (patch 0017)
+    # segments cut at max_vram / n: smaller slots, more resident params, more segments (patch 0017's
+    # switch). Since 0018 the default is / 4 when streaming and / 8 with residency; before, / 2 and / 4.
+    "prefetch_8_div2": {"SDCPP_STREAM_PLAN_DIVISOR": "2"},
     "prefetch_8_div4": {"SDCPP_STREAM_PLAN_DIVISOR": "4"},
+    "residency_8_div4": {"SDCPP_STREAM_PLAN_DIVISOR": "4"},
+    "residency_16_div4": {"SDCPP_STREAM_PLAN_DIVISOR": "4"},
     "residency_8_div8": {"SDCPP_STREAM_PLAN_DIVISOR": "8"},
     "residency_16_div6": {"SDCPP_STREAM_PLAN_DIVISOR": "6"},
     "residency_16_div8": {"SDCPP_STREAM_PLAN_DIVISOR": "8"},
@@ -242,7 +245,10 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
     result["stats"] = None if stats is None else stats.as_dict()
     if stats is not None and stats.compute_calls:
         calls = stats.compute_calls
+        # averages over every segmented call of the generation: with a budget smaller than T5-XXL
+        # (9.5 GB) its one call is among them (7 calls for 6 W1 steps at 8 GiB)
         result["per_compute_call"] = {
+            "calls": calls,
             "segments": stats.segments / calls,
             "gb_streamed": stats.bytes_streamed / calls / 1e9,
             "h2d_s": stats.h2d_ms / calls / 1e3,
