@@ -94,6 +94,13 @@ MODE_ENV = {
     "residency_16_div6": {"SDCPP_STREAM_PLAN_DIVISOR": "6"},
     "residency_16_div8": {"SDCPP_STREAM_PLAN_DIVISOR": "8"},
     "residency_16_div12": {"SDCPP_STREAM_PLAN_DIVISOR": "12"},
+    # inputs uploaded once per call instead of by each segment (patch 0019), after each launch and
+    # queued ahead with three slots
+    "prefetch_8_inputs": {"SDCPP_STREAM_INPUTS": "call"},
+    "prefetch_8_d2_ahead_inputs": {"SDCPP_STREAM_INPUTS": "call", "SDCPP_STREAM_SLOTS": "ahead"},
+    "prefetch_8_d2_ahead": {"SDCPP_STREAM_SLOTS": "ahead"},
+    "residency_16_inputs": {"SDCPP_STREAM_INPUTS": "call"},
+    "residency_16_d2_ahead_inputs": {"SDCPP_STREAM_INPUTS": "call", "SDCPP_STREAM_SLOTS": "ahead"},
 }
 
 

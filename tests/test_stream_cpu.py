@@ -15,7 +15,8 @@ import pysdcpp
 from conftest import SIZE, THREADS
 
 GEN = dict(prompt="a lighthouse", seed=42, **SIZE)
-BUDGET = 0.25  # GiB: the SD 1.5 UNet (1.7 GB of f16) in many segments
+BUDGET = 0.25  # GiB: the SD 1.5 UNet (1.7 GB of f16) in many segments, too small for two slots
+SLOT_BUDGET = 0.5  # GiB: 14 segments through two slots (three need 1 GiB)
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +40,22 @@ def run(sd15_path, gens=(GEN,), **kwargs):
 
 def same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+def slot_counts(caplog):
+    """How many slots each streamed call used, from the patch's debug log (empty: none did)."""
+    import re
+
+    return [int(m.group(1)) for r in caplog.records
+            for m in [re.search(r"streaming \d+ segments through (\d+) slots", r.getMessage())] if m]
+
+
+@pytest.fixture
+def debug_log(caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pysdcpp")
+    return caplog
 
 
 def test_prefetch_is_bit_exact_with_many_segments(sd15_path, reference):
@@ -83,9 +100,14 @@ def test_two_generations_and_a_resolution_change(sd15_path, ctx):
     assert all(s.prefetch_adopted > 0 for s in stats)
 
 
-def test_depth2_three_slots_bit_exact_within_budget(sd15_path, reference):
-    (images,), (s,) = run(sd15_path, max_vram=BUDGET, stream_layers=True, stream_prefetch_depth=2)
+def test_depth2_three_slots_bit_exact_within_budget(sd15_path, reference, monkeypatch, debug_log):
+    """Depth 2 queues up to two segments ahead: three slots, only with SDCPP_STREAM_SLOTS=ahead
+    (after each launch, the default, queues one)."""
+    monkeypatch.setenv("SDCPP_STREAM_SLOTS", "ahead")
+    (images,), (s,) = run(sd15_path, max_vram=1.0, stream_layers=True, stream_residency=False,
+                          stream_prefetch_depth=2)
     assert same(images, reference)
+    assert slot_counts(debug_log) == [3] * s.compute_calls
     assert s.prefetch_adopted > 0 and s.prefetch_fallback == 0
     assert s.peak_vram_bytes <= s.budget_bytes
 
@@ -104,12 +126,28 @@ def test_failed_segment_raises_and_the_context_recovers(sd15_path, reference, mo
     assert same(again, reference)
 
 
-@pytest.mark.parametrize("mode,residency", [("launch", False), ("ahead", False), ("off", True)])
-def test_slot_modes_are_bit_exact(sd15_path, reference, monkeypatch, mode, residency):
-    """SDCPP_STREAM_SLOTS picks how a call uses slots (queued ahead, queued after each launch, or
-    per-segment prefetch); the bytes never depend on it."""
-    monkeypatch.setenv("SDCPP_STREAM_SLOTS", mode)
-    (images,), (s,) = run(sd15_path, max_vram=BUDGET, stream_layers=True, stream_residency=residency)
+@pytest.mark.parametrize("mode,residency", [("launch", False), ("ahead", False), ("off", True), (None, True)])
+def test_slot_modes_are_bit_exact(sd15_path, reference, monkeypatch, debug_log, mode, residency):
+    """SDCPP_STREAM_SLOTS picks how a call uses slots (queued ahead, queued after each launch (the
+    default), or per-segment prefetch); the bytes never depend on it."""
+    if mode:
+        monkeypatch.setenv("SDCPP_STREAM_SLOTS", mode)
+    (images,), (s,) = run(sd15_path, max_vram=SLOT_BUDGET, stream_layers=True, stream_residency=residency)
     assert same(images, reference)
+    assert slot_counts(debug_log) == ([] if mode == "off" else [2] * s.compute_calls)
     assert s.prefetch_adopted > 0 and s.prefetch_fallback == 0
     assert s.peak_vram_bytes <= s.budget_bytes
+
+
+@pytest.mark.parametrize("mode", ["launch", "ahead"])
+def test_inputs_uploaded_once_per_call_are_bit_exact(sd15_path, reference, monkeypatch, debug_log, mode):
+    """SDCPP_STREAM_INPUTS=call: a call through slots uploads the graph's inputs once, before any
+    params are queued, and every segment reads them there instead of uploading its own copy."""
+    monkeypatch.setenv("SDCPP_STREAM_SLOTS", mode)
+    monkeypatch.setenv("SDCPP_STREAM_INPUTS", "call")
+    (images,), (s,) = run(sd15_path, max_vram=SLOT_BUDGET, stream_layers=True, stream_residency=False)
+    assert same(images, reference)
+    assert slot_counts(debug_log) == [2] * s.compute_calls
+    uploads = [r.getMessage() for r in debug_log.records if "stream inputs" in r.getMessage()]
+    assert len(uploads) == s.compute_calls, uploads[:3]
+    assert s.prefetch_adopted > 0 and s.prefetch_fallback == 0
