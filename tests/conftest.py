@@ -16,6 +16,23 @@ SIZE = dict(width=64, height=64, steps=2)
 THREADS = int(os.environ.get("PYSDCPP_TEST_THREADS", "2"))
 
 
+def slot_counts(caplog) -> list:
+    """How many stream slots each segmented call used, from the patch's debug log ([]: none did)."""
+    import re
+
+    found = (re.search(r"streaming \d+ segments through (\d+) slots", r.getMessage()) for r in caplog.records)
+    return [int(m.group(1)) for m in found if m]
+
+
+@pytest.fixture
+def debug_log(caplog):
+    """caplog at DEBUG for the pysdcpp logger, where sd.cpp's log goes."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pysdcpp")
+    return caplog
+
+
 def _cache_dir() -> Path:
     path = Path(os.environ.get("PYSDCPP_TEST_CACHE", Path.home() / ".cache" / "pysdcpp-tests"))
     path.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import pysdcpp
+from conftest import slot_counts
 
 pytestmark = pytest.mark.gpu
 
@@ -221,6 +222,25 @@ def test_vram_returns_to_baseline_after_failed_and_cancelled_generation(sd15):
                                       "after_error_mib": after_error, "after_close_mib": after_close})
         assert after_error - steady <= 64, f"{case}: {after_error - steady} MiB more than after a good generation"
         assert after_close - baseline <= 64, f"{case}: {after_close - baseline} MiB not returned"
+
+
+@pytest.mark.parametrize("slots,inputs", [("launch", None), ("launch", "call"), ("ahead", "call")])
+def test_slot_pipelines_bit_exact(sd15, debug_log, slots, inputs):
+    """Each way of queuing stream slots (SDCPP_STREAM_SLOTS) and of uploading inputs
+    (SDCPP_STREAM_INPUTS=call: once per call) against synchronous copies of the same segments;
+    the log proves the slots were used."""
+    prompt = dict(prompt="a lighthouse", **SD15)
+    budget = dict(offload_params_to_cpu=True, max_vram=1.0, stream_residency=False)
+    sync, _ = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=0)
+    switches = {"SDCPP_STREAM_SLOTS": slots, **({"SDCPP_STREAM_INPUTS": inputs} if inputs else {})}
+    with env(**switches):
+        got, stats = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=2)
+    record(f"slots_{slots}_inputs_{inputs}", vars_of(stats[0]))
+    assert same(got, sync)
+    counts = slot_counts(debug_log)  # queued ahead at depth 2: three slots where they fit in 1 GiB, else two
+    assert len(counts) == stats[0].compute_calls and all(n == 2 or (slots == "ahead" and n == 3) for n in counts)
+    uploads = [r for r in debug_log.records if "stream inputs" in r.getMessage()]
+    assert len(uploads) == (stats[0].compute_calls if inputs else 0)
 
 
 def test_depth2_slots_bit_exact_and_counted(sd15):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pysdcpp
-from conftest import SIZE, THREADS
+from conftest import SIZE, THREADS, slot_counts
 
 GEN = dict(prompt="a lighthouse", seed=42, **SIZE)
 BUDGET = 0.25  # GiB: the SD 1.5 UNet (1.7 GB of f16) in many segments, too small for two slots
@@ -40,22 +40,6 @@ def run(sd15_path, gens=(GEN,), **kwargs):
 
 def same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
-
-
-def slot_counts(caplog):
-    """How many slots each streamed call used, from the patch's debug log (empty: none did)."""
-    import re
-
-    return [int(m.group(1)) for r in caplog.records
-            for m in [re.search(r"streaming \d+ segments through (\d+) slots", r.getMessage())] if m]
-
-
-@pytest.fixture
-def debug_log(caplog):
-    import logging
-
-    caplog.set_level(logging.DEBUG, logger="pysdcpp")
-    return caplog
 
 
 def test_prefetch_is_bit_exact_with_many_segments(sd15_path, reference):
