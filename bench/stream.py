@@ -239,6 +239,7 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
             images = ctx.generate(**w["gen"], progress=lambda s, n, t: stamps.append((s, n, time.perf_counter())))
             result["generate_s"] = round(time.perf_counter() - t1, 2)
             stats = ctx.last_stream_stats
+            by_model = ctx.last_stream_stats_by_model
         result["peak_vram_mib"] = vram.peak
     steps = [p for p in stamps if p[1] == w["gen"]["steps"]]
     # duration of step k = stamp(k) - stamp(k-1); sd.cpp reports step 0 when sampling starts
@@ -250,10 +251,13 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
     result["steady_step_s"] = round(statistics.median(steady), 4) if steady else None
     result["sampling_s"] = sampling_seconds("\n".join(grab.lines))
     result["stats"] = None if stats is None else stats.as_dict()
+    result["stats_by_model"] = {name: s.as_dict() for name, s in by_model.items()}
+    if by_model:
+        # the diffusion model: the one evaluated every step (the text encoders run once; at a budget
+        # smaller than T5-XXL, 9.5 GB, its call is in the totals: 7 calls for 6 W1 steps at 8 GiB)
+        result["per_compute_call_model"], stats = max(by_model.items(), key=lambda kv: kv[1].compute_calls)
     if stats is not None and stats.compute_calls:
         calls = stats.compute_calls
-        # averages over every segmented call of the generation: with a budget smaller than T5-XXL
-        # (9.5 GB) its one call is among them (7 calls for 6 W1 steps at 8 GiB)
         result["per_compute_call"] = {
             "calls": calls,
             "segments": stats.segments / calls,

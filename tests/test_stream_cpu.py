@@ -135,3 +135,22 @@ def test_inputs_uploaded_once_per_call_are_bit_exact(sd15_path, reference, monke
     uploads = [r.getMessage() for r in debug_log.records if "stream inputs" in r.getMessage()]
     assert len(uploads) == s.compute_calls, uploads[:3]
     assert s.prefetch_adopted > 0 and s.prefetch_fallback == 0
+
+
+def test_stream_stats_by_model_add_up_to_the_total(sd15_path, reference):
+    """ctx.last_stream_stats_by_model splits the generation's counters by model component; with
+    CFG the UNet is evaluated twice per step."""
+    with pysdcpp.Context(sd15_path, n_threads=THREADS, offload_params_to_cpu=True, max_vram=BUDGET,
+                         stream_layers=True) as c:
+        images = [np.asarray(im) for im in c.generate(**GEN)]
+        total, by_model = c.last_stream_stats, c.last_stream_stats_by_model
+    assert same(images, reference)
+    assert by_model["unet"].compute_calls == 2 * GEN["steps"] and by_model["unet"].bytes_streamed > 0
+    for field, value in total.as_dict().items():
+        parts = [getattr(s, field) for s in by_model.values()]
+        if field == "peak_vram_bytes":
+            assert value == max(parts)
+        elif field == "budget_bytes":
+            assert all(p == value for p in parts)
+        else:
+            assert value == pytest.approx(sum(parts)), field

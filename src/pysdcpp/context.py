@@ -89,6 +89,8 @@ class Context:
         # The finalizer holds `lib`, so the library outlives every context (cairocffi's rule).
         self._ptr = ffi.gc(ptr, lib.free_sd_ctx)
         self.last_stream_stats: StreamStats | None = None
+        # the same per model component ("unet", "flux", "t5", "clip", "vae", ...): which one streamed what
+        self.last_stream_stats_by_model: dict[str, StreamStats] = {}
         self._cancel = threading.Event()     # set by cancel(), cleared when a generation starts
         self._ptr_lock = threading.Lock()    # cancel() vs close(): never signal a freed context
 
@@ -197,6 +199,7 @@ class Context:
                     c_images = lib.generate_image(handle, c)
                     arrays = _images.images_from_c(c_images, resolved["batch_count"], free=True)
                 self.last_stream_stats = self._stream_stats(handle)
+                self.last_stream_stats_by_model = self._stream_stats_by_model(handle)
                 if self._cancel.is_set() and (not arrays or any(a is None for a in arrays)):
                     raise CancelledError("the generation was cancelled")
             finally:
@@ -291,6 +294,16 @@ class Context:
         if not lib.sd_get_stream_stats(handle, c):
             return None
         return StreamStats.from_c(c)
+
+    @staticmethod
+    def _stream_stats_by_model(handle) -> dict:
+        out = {}
+        c = ffi.new("sd_stream_stats_t*")
+        name = ffi.new("char[64]")
+        for i in range(lib.sd_get_stream_stats_count(handle)):
+            if lib.sd_get_stream_stats_at(handle, i, name, len(name), c):
+                out[ffi.string(name).decode("utf-8", "replace")] = StreamStats.from_c(c)
+        return out
 
 
 def _check_threads(n_threads) -> None:
