@@ -33,11 +33,17 @@ PANELS = [
 ]
 
 
+def load(run_file: str, peer_file: str) -> tuple[dict, dict]:
+    """The runs of one bench/stream.py JSON by mode, and the peer's median s/step by mode."""
+    runs = {r["mode"]: r for r in json.loads((RESULTS / run_file).read_text())["runs"]}
+    peer = {p["mode"]: p["median_s"] for p in map(json.loads, (RESULTS / peer_file).read_text().splitlines())}
+    return runs, peer
+
+
 def plot_session3(plt) -> None:
     fig, axes = plt.subplots(1, len(PANELS), figsize=(13, 4.8), sharex=True)
     for ax, (title, run_file, peer_file, modes) in zip(axes, PANELS):
-        runs = {r["mode"]: r for r in json.loads((RESULTS / run_file).read_text())["runs"]}
-        peer = {p["mode"]: p["median_s"] for p in map(json.loads, (RESULTS / peer_file).read_text().splitlines())}
+        runs, peer = load(run_file, peer_file)
         values = [runs[m]["steady_step_s"] for m, _ in modes]
         ys = range(len(modes))
         ax.barh(ys, values, color=["tab:green" if "res" in label else "tab:blue" for _, label in modes])
@@ -66,8 +72,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(RUNS)
     for i, (label, run_file, peer_file) in enumerate(RUNS):
-        runs = {r["mode"]: r for r in json.loads((RESULTS / run_file).read_text())["runs"]}
-        peer = {p["mode"]: p["median_s"] for p in map(json.loads, (RESULTS / peer_file).read_text().splitlines())}
+        runs, peer = load(run_file, peer_file)
         values = [runs.get(m, {}).get("steady_step_s") or 0 for m in MODES] + [peer.get("grp_stream", 0)]
         xs = [j + i * width for j in range(len(values))]
         ax.bar(xs, values, width, label=label)

@@ -104,9 +104,9 @@ def timeline(trace_path: Path, n_steps: int) -> dict:
     start = min(k[0][0], c[0][0] if c else k[0][0])
     end = max(k[-1][1], c[-1][1] if c else k[-1][1])
     both = _intersection(k, c)
-    busy = _length(_union(kernels + h2d))
-    per = lambda us: round(us / 1e3 / n_steps, 2)  # noqa: E731
     h2d_ms = _length(c)
+    busy = _length(k) + h2d_ms - both
+    per = lambda us: round(us / 1e3 / n_steps, 2)  # noqa: E731
     return {
         "gpu_span_ms": per(end - start),
         "kernel_busy_ms": per(_length(k)),

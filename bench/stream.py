@@ -105,7 +105,7 @@ MODE_ENV = {
 
 
 def _base_mode(name: str) -> str:
-    """prefetch_8_launch_nographs -> prefetch_8: the context options a switched mode runs with."""
+    """prefetch_8_d2_ahead_inputs -> prefetch_8_d2: the context options a switched mode runs with."""
     while name not in MODES:
         name = name.rsplit("_", 1)[0]
     return name

@@ -244,11 +244,13 @@ def test_slot_pipelines_bit_exact(sd15, debug_log, slots, inputs):
 
 
 def test_depth2_slots_bit_exact_and_counted(sd15):
-    """Three slots in flight (depth 2) against synchronous copies of the same segments."""
+    """Three slots in flight (depth 2, which only SDCPP_STREAM_SLOTS=ahead uses since patch 0017)
+    against synchronous copies of the same segments."""
     prompt = dict(prompt="a lighthouse", **SD15)
     budget = dict(offload_params_to_cpu=True, max_vram=1.0)
     sync, _ = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=0, stream_residency=True)
-    deep, stats = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=2, stream_residency=True)
+    with env(SDCPP_STREAM_SLOTS="ahead"):
+        deep, stats = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=2, stream_residency=True)
     record("depth2", vars_of(stats[0]))
     assert same(deep, sync)
     assert stats[0].prefetch_adopted > 0 and stats[0].peak_vram_bytes <= 1 << 30
