@@ -77,6 +77,11 @@ MODES = {
 # ggml-cuda against the paths it replaced).
 MODE_ENV = {
     "resident_bf16_gemm_out": {"GGML_CUDA_BF16_GEMM_BF16_OUT": "1"},
+    # conversions to f16/bf16 one value per thread (before patch 0021); with the bf16 matmul output
+    # path of before 0014 too: the unpatched base's kernels (0013's copy is exact and has no switch)
+    "resident_convert_x1": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1"},
+    "resident_base_kernels": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1", "GGML_CUDA_BF16_GEMM_BF16_OUT": "1"},
+    "residency_16_convert_x1": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1"},
     # how streamed calls use slots (patch 0016; "launch" is the default since 0017): queued ahead,
     # queued after each launch, per segment
     "prefetch_8_ahead": {"SDCPP_STREAM_SLOTS": "ahead"},
@@ -236,6 +241,8 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
         with pysdcpp.Context(**files, **ctx_kwargs) as ctx:
             result["load_s"] = round(time.perf_counter() - t0, 2)
             t1 = time.perf_counter()
+            if os.environ.get("BENCH_IMAGE_DIR"):  # the final latent too (patch 0022's hook)
+                os.environ["SDCPP_TEST_DUMP_LATENTS"] = str(Path(os.environ["BENCH_IMAGE_DIR"]) / f"{workload}_{mode}")
             images = ctx.generate(**w["gen"], progress=lambda s, n, t: stamps.append((s, n, time.perf_counter())))
             result["generate_s"] = round(time.perf_counter() - t1, 2)
             stats = ctx.last_stream_stats
@@ -277,13 +284,22 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
 
 
 def compare_images(folder: Path, against: str) -> dict:
+    """Max |diff| of each mode's image (0-255) and final latent (float32) against one mode's."""
     import numpy as np
 
     ref = np.load(folder / f"{against}.npy").astype(int)
+    ref_latent = folder / f"{against}.0.f32"
+    ref_latent = np.fromfile(ref_latent, dtype=np.float32) if ref_latent.exists() else None
     out = {"against": against}
     for f in sorted(folder.glob("*.npy")):
         img = np.load(f).astype(int)
         out[f.stem] = {"max_abs_diff": int(np.abs(img - ref).max()), "identical": bool((img == ref).all())}
+        latent = f.with_name(f.stem + ".0.f32")
+        if ref_latent is not None and latent.exists():
+            lat = np.fromfile(latent, dtype=np.float32)
+            out[f.stem].update(latent_max_abs_diff=float(np.abs(lat - ref_latent).max()),
+                               latent_identical=bool((lat.view(np.uint32) == ref_latent.view(np.uint32)).all()),
+                               latent_max_abs=float(np.abs(ref_latent).max()))
     return out
 
 

@@ -133,6 +133,27 @@ def test_flux_batch2_guidance_flow_shift(flux):
     assert stats[0].prefetch_adopted > 0
 
 
+def test_flux_final_latents_bit_exact(flux, tmp_path):
+    """The comparison on the float32 latent before the VAE (patch 0022's hook), not on 8-bit pixels:
+    resident, plain segmented offload, synchronous copies, prefetch, and residency."""
+    gen = dict(prompt="a cat", **{**FLUX, "batch_count": 1})
+    modes = {"resident": {}, "plain": dict(**STREAM, stream_layers=False),
+             "sync": dict(**STREAM, stream_layers=True, stream_prefetch_depth=0),
+             "prefetch": dict(**STREAM, stream_layers=True),
+             "residency": dict(offload_params_to_cpu=True, max_vram=1.0, stream_layers=True, stream_residency=True)}
+    latents = {}
+    for name, kwargs in modes.items():
+        with env(SDCPP_TEST_DUMP_LATENTS=tmp_path / name):
+            run(flux, gen, diffusion_flash_attn=True, **kwargs)
+        latents[name] = np.fromfile(tmp_path / f"{name}.0.f32", dtype=np.float32)
+    ref = latents["resident"]
+    record("flux_latents", {name: {"max_abs_diff_vs_resident": float(np.abs(lat - ref).max()),
+                                   "identical": lat.tobytes() == ref.tobytes()} for name, lat in latents.items()})
+    assert ref.size == 16 * (256 // 8) ** 2 and np.isfinite(ref).all() and ref.std() > 0
+    for name, lat in latents.items():
+        assert lat.tobytes() == ref.tobytes(), f"{name}: latent differs from resident"
+
+
 def test_two_generations_and_resolution_change(sd15):
     gens = [dict(prompt="a", **SD15), dict(prompt="b", **{**SD15, "seed": 5}),
             dict(prompt="c", **{**SD15, "width": 320, "height": 192})]

@@ -50,6 +50,18 @@ def test_prefetch_is_bit_exact_with_many_segments(sd15_path, reference):
     assert s.peak_vram_bytes <= s.budget_bytes
 
 
+def test_final_latents_dumped_and_bit_exact(sd15_path, ctx, tmp_path, monkeypatch):
+    """Patch 0022's SDCPP_TEST_DUMP_LATENTS: the float32 latent before the VAE, resident and streamed."""
+    monkeypatch.setenv("SDCPP_TEST_DUMP_LATENTS", str(tmp_path / "resident"))
+    ctx.generate(**GEN)
+    monkeypatch.setenv("SDCPP_TEST_DUMP_LATENTS", str(tmp_path / "streamed"))
+    run(sd15_path, max_vram=BUDGET, stream_layers=True)
+    resident, streamed = (np.fromfile(tmp_path / f"{n}.0.f32", dtype=np.float32) for n in ("resident", "streamed"))
+    assert resident.size == 4 * (GEN["width"] // 8) * (GEN["height"] // 8)
+    assert np.isfinite(resident).all() and resident.std() > 0
+    assert resident.tobytes() == streamed.tobytes()
+
+
 def test_depth0_and_plain_segmented_offload_are_bit_exact(sd15_path, reference):
     (sync,), (s0,) = run(sd15_path, max_vram=BUDGET, stream_layers=True, stream_prefetch_depth=0)
     (plain,), (sp,) = run(sd15_path, max_vram=BUDGET, stream_layers=False)
