@@ -99,13 +99,17 @@ MODE_ENV = {
     "residency_16_div6": {"SDCPP_STREAM_PLAN_DIVISOR": "6"},
     "residency_16_div8": {"SDCPP_STREAM_PLAN_DIVISOR": "8"},
     "residency_16_div12": {"SDCPP_STREAM_PLAN_DIVISOR": "12"},
-    # inputs uploaded once per call instead of by each segment (patch 0019), after each launch and
-    # queued ahead with three slots
+    # inputs uploaded once per call instead of by each segment (patch 0019; the default since 0023,
+    # which also made depth 2 queue ahead), after each launch and queued ahead with three slots
     "prefetch_8_inputs": {"SDCPP_STREAM_INPUTS": "call"},
     "prefetch_8_d2_ahead_inputs": {"SDCPP_STREAM_INPUTS": "call", "SDCPP_STREAM_SLOTS": "ahead"},
     "prefetch_8_d2_ahead": {"SDCPP_STREAM_SLOTS": "ahead"},
     "residency_16_inputs": {"SDCPP_STREAM_INPUTS": "call"},
     "residency_16_d2_ahead_inputs": {"SDCPP_STREAM_INPUTS": "call", "SDCPP_STREAM_SLOTS": "ahead"},
+    # since 0023: inputs uploaded by each segment, as before; depth 2 queued after each launch
+    "prefetch_8_segment_inputs": {"SDCPP_STREAM_INPUTS": "segment"},
+    "prefetch_8_d2_segment_inputs": {"SDCPP_STREAM_INPUTS": "segment"},
+    "residency_16_segment_inputs": {"SDCPP_STREAM_INPUTS": "segment"},
 }
 
 

@@ -245,33 +245,32 @@ def test_vram_returns_to_baseline_after_failed_and_cancelled_generation(sd15):
         assert after_close - baseline <= 64, f"{case}: {after_close - baseline} MiB not returned"
 
 
-@pytest.mark.parametrize("slots,inputs", [("launch", None), ("launch", "call"), ("ahead", "call")])
+@pytest.mark.parametrize("slots,inputs", [("launch", "segment"), ("launch", None), (None, None)])
 def test_slot_pipelines_bit_exact(sd15, debug_log, slots, inputs):
-    """Each way of queuing stream slots (SDCPP_STREAM_SLOTS) and of uploading inputs
-    (SDCPP_STREAM_INPUTS=call: once per call) against synchronous copies of the same segments;
-    the log proves the slots were used."""
+    """Each way of queuing stream slots (SDCPP_STREAM_SLOTS; unset: depth 2 queues two segments
+    ahead) and of uploading inputs (once per call; SDCPP_STREAM_INPUTS=segment: by each segment)
+    against synchronous copies of the same segments; the log proves the slots were used."""
     prompt = dict(prompt="a lighthouse", **SD15)
     budget = dict(offload_params_to_cpu=True, max_vram=1.0, stream_residency=False)
     sync, _ = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=0)
-    switches = {"SDCPP_STREAM_SLOTS": slots, **({"SDCPP_STREAM_INPUTS": inputs} if inputs else {})}
+    switches = {**({"SDCPP_STREAM_SLOTS": slots} if slots else {}), **({"SDCPP_STREAM_INPUTS": inputs} if inputs else {})}
     with env(**switches):
         got, stats = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=2)
     record(f"slots_{slots}_inputs_{inputs}", vars_of(stats[0]))
     assert same(got, sync)
     counts = slot_counts(debug_log)  # queued ahead at depth 2: three slots where they fit in 1 GiB, else two
-    assert len(counts) == stats[0].compute_calls and all(n == 2 or (slots == "ahead" and n == 3) for n in counts)
+    assert len(counts) == stats[0].compute_calls and all(n == 2 or (slots is None and n == 3) for n in counts)
     uploads = [r for r in debug_log.records if "stream inputs" in r.getMessage()]
-    assert len(uploads) == (stats[0].compute_calls if inputs else 0)
+    assert len(uploads) == (0 if inputs == "segment" else stats[0].compute_calls)
 
 
 def test_depth2_slots_bit_exact_and_counted(sd15):
-    """Three slots in flight (depth 2, which only SDCPP_STREAM_SLOTS=ahead uses since patch 0017)
-    against synchronous copies of the same segments."""
+    """Three slots in flight (depth 2 queues two segments ahead, patch 0023) against synchronous
+    copies of the same segments."""
     prompt = dict(prompt="a lighthouse", **SD15)
     budget = dict(offload_params_to_cpu=True, max_vram=1.0)
     sync, _ = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=0, stream_residency=True)
-    with env(SDCPP_STREAM_SLOTS="ahead"):
-        deep, stats = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=2, stream_residency=True)
+    deep, stats = run(sd15, prompt, **budget, stream_layers=True, stream_prefetch_depth=2, stream_residency=True)
     record("depth2", vars_of(stats[0]))
     assert same(deep, sync)
     assert stats[0].prefetch_adopted > 0 and stats[0].peak_vram_bytes <= 1 << 30

@@ -96,10 +96,9 @@ def test_two_generations_and_a_resolution_change(sd15_path, ctx):
     assert all(s.prefetch_adopted > 0 for s in stats)
 
 
-def test_depth2_three_slots_bit_exact_within_budget(sd15_path, reference, monkeypatch, debug_log):
-    """Depth 2 queues up to two segments ahead: three slots, only with SDCPP_STREAM_SLOTS=ahead
-    (after each launch, the default, queues one)."""
-    monkeypatch.setenv("SDCPP_STREAM_SLOTS", "ahead")
+def test_depth2_three_slots_bit_exact_within_budget(sd15_path, reference, debug_log):
+    """Depth 2 queues up to two segments ahead: three slots (depth 1 queues the next one after each
+    launch, through two)."""
     (images,), (s,) = run(sd15_path, max_vram=1.0, stream_layers=True, stream_residency=False,
                           stream_prefetch_depth=2)
     assert same(images, reference)
@@ -135,17 +134,19 @@ def test_slot_modes_are_bit_exact(sd15_path, reference, monkeypatch, debug_log, 
     assert s.peak_vram_bytes <= s.budget_bytes
 
 
-@pytest.mark.parametrize("mode", ["launch", "ahead"])
-def test_inputs_uploaded_once_per_call_are_bit_exact(sd15_path, reference, monkeypatch, debug_log, mode):
-    """SDCPP_STREAM_INPUTS=call: a call through slots uploads the graph's inputs once, before any
-    params are queued, and every segment reads them there instead of uploading its own copy."""
+@pytest.mark.parametrize("mode,inputs", [("launch", None), ("ahead", None), ("launch", "segment")])
+def test_inputs_uploaded_once_per_call_are_bit_exact(sd15_path, reference, monkeypatch, debug_log, mode, inputs):
+    """A call through slots uploads the graph's inputs once, before any params are queued, and every
+    segment reads them there (patch 0023's default); SDCPP_STREAM_INPUTS=segment has each segment
+    upload its own copy."""
     monkeypatch.setenv("SDCPP_STREAM_SLOTS", mode)
-    monkeypatch.setenv("SDCPP_STREAM_INPUTS", "call")
+    if inputs:
+        monkeypatch.setenv("SDCPP_STREAM_INPUTS", inputs)
     (images,), (s,) = run(sd15_path, max_vram=SLOT_BUDGET, stream_layers=True, stream_residency=False)
     assert same(images, reference)
     assert slot_counts(debug_log) == [2] * s.compute_calls
     uploads = [r.getMessage() for r in debug_log.records if "stream inputs" in r.getMessage()]
-    assert len(uploads) == s.compute_calls, uploads[:3]
+    assert len(uploads) == (0 if inputs == "segment" else s.compute_calls), uploads[:3]
     assert s.prefetch_adopted > 0 and s.prefetch_fallback == 0
 
 
