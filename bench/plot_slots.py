@@ -4,7 +4,9 @@
     python3 bench/plot_slots.py     # writes bench/results/stream_slots_h200.png (session 2:
                                     # slots and the first compute fixes) and
                                     # bench/results/stream_launch_h200.png (session 3: how slots
-                                    # are queued, segment sizes)
+                                    # are queued, segment sizes) and
+                                    # bench/results/stream_inputs_h200.png (session 4: inputs once
+                                    # per call, depth 2 ahead, conversion kernels, final defaults)
 """
 from __future__ import annotations
 
@@ -32,6 +34,25 @@ PANELS = [
       ("residency_16_div8", "res. 16 GiB, /8 (default)"), ("residency_16_div12", "res. 16 GiB, /12")]),
 ]
 
+# Session 4: the 0021 runs, one machine; prefetch_4_d2 and residency_16_d2 ran with
+# SDCPP_STREAM_INPUTS=call SDCPP_STREAM_SLOTS=ahead (what depth 2 does by default since 0023).
+PANELS_4 = [
+    ("inputs once per call, depth 2 ahead (90a69a9)", "stream_w1_0021_h200.json", "peer_diffusers_0021_h200.jsonl",
+     [("pinned_sync_8", "8 GiB, pinned sync"), ("prefetch_8", "8 GiB, after launch"),
+      ("prefetch_8_inputs", "8 GiB, after launch, inputs once"), ("prefetch_8_d2_ahead", "8 GiB, 2 ahead"),
+      ("prefetch_8_d2_ahead_inputs", "8 GiB, 2 ahead, inputs once"), ("prefetch_4_d2", "4 GiB, 2 ahead, inputs once"),
+      ("residency_16", "res. 16 GiB, after launch"), ("residency_16_inputs", "res. 16 GiB, inputs once"),
+      ("residency_16_d2", "res. 16 GiB, 2 ahead, inputs once")]),
+    ("conversion kernels (0021) and 0014, same session", "stream_w1_0021_h200.json", "peer_diffusers_0021_h200.jsonl",
+     [("resident_base_kernels", "resident, base kernels"), ("resident_convert_x1", "resident, one value/thread"),
+      ("resident", "resident (0021)"), ("residency_16_convert_x1", "res. 16 GiB, one value/thread"),
+      ("residency_16", "res. 16 GiB (0021)")]),
+    ("final defaults (4ba0bf8)", "stream_w1_0023_h200.json", "peer_diffusers_0023_h200.jsonl",
+     [("prefetch_8", "8 GiB, depth 1"), ("prefetch_8_d2", "8 GiB, depth 2"),
+      ("prefetch_8_d2_segment_inputs", "8 GiB, depth 2, inputs per segment"), ("prefetch_4_d2", "4 GiB, depth 2"),
+      ("residency_16", "res. 16 GiB, depth 1")]),
+]
+
 
 def load(run_file: str, peer_file: str) -> tuple[dict, dict]:
     """The runs of one bench/stream.py JSON by mode, and the peer's median s/step by mode."""
@@ -40,9 +61,9 @@ def load(run_file: str, peer_file: str) -> tuple[dict, dict]:
     return runs, peer
 
 
-def plot_session3(plt) -> None:
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(13, 4.8), sharex=True)
-    for ax, (title, run_file, peer_file, modes) in zip(axes, PANELS):
+def plot_panels(plt, panels: list, out_name: str) -> None:
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), sharex=True)
+    for ax, (title, run_file, peer_file, modes) in zip(axes, panels):
         runs, peer = load(run_file, peer_file)
         values = [runs[m]["steady_step_s"] for m, _ in modes]
         ys = range(len(modes))
@@ -60,7 +81,7 @@ def plot_session3(plt) -> None:
         ax.set_xlabel("s / step (W1: FLUX.1-dev bf16, 1024², H200)", fontsize=8)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(RESULTS / "stream_launch_h200.png", dpi=120)
+    fig.savefig(RESULTS / out_name, dpi=120)
 
 
 def main() -> None:
@@ -68,7 +89,8 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plot_session3(plt)
+    plot_panels(plt, PANELS, "stream_launch_h200.png")
+    plot_panels(plt, PANELS_4, "stream_inputs_h200.png")
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(RUNS)
     for i, (label, run_file, peer_file) in enumerate(RUNS):
