@@ -154,6 +154,24 @@ def test_flux_final_latents_bit_exact(flux, tmp_path):
         assert lat.tobytes() == ref.tobytes(), f"{name}: latent differs from resident"
 
 
+def test_fused_rope_bit_exact(flux, tmp_path, debug_log):
+    """Patch 0024's ggml_rope_pe (SDCPP_FUSED_ROPE=1) on the CUDA backend, resident and streamed,
+    against the graph it replaces, on the final latent; the log proves the op was in the graph."""
+    gen = dict(prompt="a cat", **{**FLUX, "batch_count": 1})
+    latents = {}
+    for name, fused, kwargs in (("graph", False, {}), ("fused", True, {}),
+                                ("fused_streamed", True, dict(**STREAM, stream_layers=True))):
+        debug_log.clear()
+        with env(SDCPP_TEST_DUMP_LATENTS=tmp_path / name, **({"SDCPP_FUSED_ROPE": 1} if fused else {})):
+            run(flux, gen, diffusion_flash_attn=True, **kwargs)
+        latents[name] = np.fromfile(tmp_path / f"{name}.0.f32", dtype=np.float32)
+        counts = [r for r in debug_log.records if "fused RoPE ops" in r.getMessage()]
+        assert (len(counts) > 0) == fused, name
+    record("fused_rope", {name: float(np.abs(lat - latents["graph"]).max()) for name, lat in latents.items()})
+    for name, lat in latents.items():
+        assert lat.tobytes() == latents["graph"].tobytes(), name
+
+
 def test_two_generations_and_resolution_change(sd15):
     gens = [dict(prompt="a", **SD15), dict(prompt="b", **{**SD15, "seed": 5}),
             dict(prompt="c", **{**SD15, "width": 320, "height": 192})]
