@@ -195,6 +195,9 @@ def dev(lock: dict) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".sync-") as tmp:
         source_tree(lock, Path(tmp)).rename(target)
     git(["init", "-q"], target)
+    # commits made here become the patches: one author for all, whoever edits them
+    git(["config", "user.name", "pysdcpp"], target)
+    git(["config", "user.email", "pysdcpp@localhost"], target)
     git(["add", "-A"], target)
     git(["commit", "-q", "-m", f"base: {lock['package']} {lock['version']}"], target)
     git(["tag", "base"], target)
