@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SIZE = dict(width=64, height=64, steps=2)
@@ -16,12 +17,27 @@ SIZE = dict(width=64, height=64, steps=2)
 THREADS = int(os.environ.get("PYSDCPP_TEST_THREADS", "2"))
 
 
-def slot_counts(caplog) -> list:
-    """How many stream slots each segmented call used, from the patch's debug log ([]: none did)."""
+def _logged_counts(caplog, pattern: str) -> list:
+    """The integer that `pattern`'s group captures, from each log record that matches it."""
     import re
 
-    found = (re.search(r"streaming \d+ segments through (\d+) slots", r.getMessage()) for r in caplog.records)
+    found = (re.search(pattern, r.getMessage()) for r in caplog.records)
     return [int(m.group(1)) for m in found if m]
+
+
+def slot_counts(caplog) -> list:
+    """How many stream slots each segmented call used, from the patch's debug log ([]: none did)."""
+    return _logged_counts(caplog, r"streaming \d+ segments through (\d+) slots")
+
+
+def fused_rope_counts(caplog) -> list:
+    """How many ggml_rope_pe ops each graph held, from patch 0024's debug log ([]: no graph had one)."""
+    return _logged_counts(caplog, r"graph: (\d+) fused RoPE ops")
+
+
+def read_latent(prefix) -> np.ndarray:
+    """The first final latent that SDCPP_TEST_DUMP_LATENTS=prefix wrote (patch 0022: prefix.0.f32)."""
+    return np.fromfile(f"{prefix}.0.f32", dtype=np.float32)
 
 
 @pytest.fixture

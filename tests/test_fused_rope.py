@@ -7,13 +7,11 @@ on the H200 the same comparison runs in bench/stream.py (mode resident_fused_rop
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
 import pysdcpp
-from conftest import THREADS
+from conftest import THREADS, fused_rope_counts, read_latent
 
 GEN = dict(prompt="a cat", width=64, height=64, steps=2, cfg_scale=1.0, guidance=3.5, seed=7,
            sampling_method="euler")
@@ -28,11 +26,6 @@ def flux_paths(tmp_path_factory):
                               components=("diffusion_model", "clip_l", "vae"))
 
 
-def fused_counts(caplog) -> list:
-    found = (re.search(r"graph: (\d+) fused RoPE ops", r.getMessage()) for r in caplog.records)
-    return [int(m.group(1)) for m in found if m]
-
-
 def test_fused_rope_is_bit_exact(flux_paths, tmp_path, monkeypatch, debug_log):
     latents, images = {}, {}
     with pysdcpp.Context(**flux_paths, n_threads=THREADS) as ctx:
@@ -42,9 +35,9 @@ def test_fused_rope_is_bit_exact(flux_paths, tmp_path, monkeypatch, debug_log):
             monkeypatch.setenv("SDCPP_TEST_DUMP_LATENTS", str(tmp_path / name))
             debug_log.clear()
             images[name] = np.asarray(ctx.generate(**GEN)[0])
-            latents[name] = np.fromfile(tmp_path / f"{name}.0.f32", dtype=np.float32)
+            latents[name] = read_latent(tmp_path / name)
             # the DiT's graph, once per step: q and k of its two blocks; none without the switch
-            assert fused_counts(debug_log) == ([4] * GEN["steps"] if fused else [])
+            assert fused_rope_counts(debug_log) == ([4] * GEN["steps"] if fused else [])
     assert latents["graph"].size == 16 * (64 // 8) ** 2 and latents["graph"].std() > 0
     assert latents["fused"].tobytes() == latents["graph"].tobytes()
     assert np.array_equal(images["fused"], images["graph"])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import pysdcpp
-from conftest import slot_counts
+from conftest import fused_rope_counts, read_latent, slot_counts
 
 pytestmark = pytest.mark.gpu
 
@@ -145,7 +145,7 @@ def test_flux_final_latents_bit_exact(flux, tmp_path):
     for name, kwargs in modes.items():
         with env(SDCPP_TEST_DUMP_LATENTS=tmp_path / name):
             run(flux, gen, diffusion_flash_attn=True, **kwargs)
-        latents[name] = np.fromfile(tmp_path / f"{name}.0.f32", dtype=np.float32)
+        latents[name] = read_latent(tmp_path / name)
     ref = latents["resident"]
     record("flux_latents", {name: {"max_abs_diff_vs_resident": float(np.abs(lat - ref).max()),
                                    "identical": lat.tobytes() == ref.tobytes()} for name, lat in latents.items()})
@@ -164,9 +164,8 @@ def test_fused_rope_bit_exact(flux, tmp_path, debug_log):
         debug_log.clear()
         with env(SDCPP_TEST_DUMP_LATENTS=tmp_path / name, **({"SDCPP_FUSED_ROPE": 1} if fused else {})):
             run(flux, gen, diffusion_flash_attn=True, **kwargs)
-        latents[name] = np.fromfile(tmp_path / f"{name}.0.f32", dtype=np.float32)
-        counts = [r for r in debug_log.records if "fused RoPE ops" in r.getMessage()]
-        assert (len(counts) > 0) == fused, name
+        latents[name] = read_latent(tmp_path / name)
+        assert (len(fused_rope_counts(debug_log)) > 0) == fused, name
     record("fused_rope", {name: float(np.abs(lat - latents["graph"]).max()) for name, lat in latents.items()})
     for name, lat in latents.items():
         assert lat.tobytes() == latents["graph"].tobytes(), name

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pysdcpp
-from conftest import SIZE, THREADS, slot_counts
+from conftest import SIZE, THREADS, read_latent, slot_counts
 
 GEN = dict(prompt="a lighthouse", seed=42, **SIZE)
 BUDGET = 0.25  # GiB: the SD 1.5 UNet (1.7 GB of f16) in many segments, too small for two slots
@@ -56,7 +56,7 @@ def test_final_latents_dumped_and_bit_exact(sd15_path, ctx, tmp_path, monkeypatc
     ctx.generate(**GEN)
     monkeypatch.setenv("SDCPP_TEST_DUMP_LATENTS", str(tmp_path / "streamed"))
     run(sd15_path, max_vram=BUDGET, stream_layers=True)
-    resident, streamed = (np.fromfile(tmp_path / f"{n}.0.f32", dtype=np.float32) for n in ("resident", "streamed"))
+    resident, streamed = read_latent(tmp_path / "resident"), read_latent(tmp_path / "streamed")
     assert resident.size == 4 * (GEN["width"] // 8) * (GEN["height"] // 8)
     assert np.isfinite(resident).all() and resident.std() > 0
     assert resident.tobytes() == streamed.tobytes()
