@@ -10,7 +10,9 @@ its own CUDA runtime.  The window opens at the progress callback of step 2 and c
 that of the last step, so it holds whole steps only (no text encoders, no VAE).
 
 Per step it reports: wall time, the sum of kernel times, their difference (GPU idle: launch
-gaps, host work between graphs), and kernel time grouped by op type (matmul, flash attention,
+gaps, host work between graphs; "timeline" splits the kernel-free time by gap length, and
+"host_timing_ms" gives sd.cpp's own timing of each phase of a call from its debug log), and
+kernel time grouped by op type (matmul, flash attention,
 norms, RoPE, elementwise, type conversions and copies, other), with the 25 costliest kernels.
 
 With --ctx for a streamed context (e.g. '{"offload_params_to_cpu": true, "max_vram": 8,
@@ -107,7 +109,15 @@ def timeline(trace_path: Path, n_steps: int) -> dict:
     h2d_ms = _length(c)
     busy = _length(k) + h2d_ms - both
     per = lambda us: round(us / 1e3 / n_steps, 2)  # noqa: E731
+    # Kernel-free stretches by length: >= 1 ms is host work between graphs (graph build, input
+    # upload, readback, the sampler); shorter ones are launch gaps inside a graph.
+    gaps = [b[0] - a[1] for a, b in zip(k, k[1:]) if b[0] > a[1]]
+    bins = {"ge_1ms": lambda g: g >= 1000, "20us_1ms": lambda g: 20 <= g < 1000, "lt_20us": lambda g: g < 20}
+    idle = {name: per(sum(g for g in gaps if f(g))) for name, f in bins.items()}
+    idle["n_ge_1ms_per_step"] = round(sum(g >= 1000 for g in gaps) / n_steps, 1)
+    idle["largest_ms"] = [round(g / 1e3, 2) for g in sorted(gaps, reverse=True)[:8]]
     return {
+        "kernel_gaps_ms": idle,
         "gpu_span_ms": per(end - start),
         "kernel_busy_ms": per(_length(k)),
         "h2d_busy_ms": per(h2d_ms),
@@ -154,7 +164,8 @@ def main() -> int:
             prof.stop()
             marks["stop"] = now
 
-    with pysdcpp.Context(**files, **ctx_kwargs) as ctx:
+    grab = stream.LogGrab()
+    with grab, pysdcpp.Context(**files, **ctx_kwargs) as ctx:
         ctx.generate(**gen, progress=progress)
     n_steps = a.steps - 2
     wall = marks["stop"] - marks["start"]
@@ -185,12 +196,14 @@ def main() -> int:
         "kernels_per_step": round(sum(v[0] for v in per_kernel.values()) / n_steps, 1),
         "by_category_ms_per_step": {k: round(v / n_steps, 2) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
         "timeline": tl,
+        "host_timing_ms": stream.host_timing(grab.lines),
         "top_kernels": [{"name": short(n), "category": category(n), "calls_per_step": round(c / n_steps, 1),
                          "ms_per_step": round(ms / n_steps, 3)} for n, (c, ms) in top],
     }
     a.out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("step_wall_ms", "step_kernel_ms", "step_gpu_idle_ms",
-                                             "kernels_per_step", "by_category_ms_per_step", "timeline")}, indent=1))
+                                             "kernels_per_step", "by_category_ms_per_step", "timeline",
+                                             "host_timing_ms")}, indent=1))
     for t in result["top_kernels"][:12]:
         print(f"{t['ms_per_step']:9.2f} ms {t['calls_per_step']:7.1f}x  {t['category']:<28} {t['name'][:110]}")
     return 0

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +89,21 @@ MODE_ENV = {
     "resident_fused_rope": {"SDCPP_FUSED_ROPE": "1"},
     "residency_16_fused_rope": {"SDCPP_FUSED_ROPE": "1"},
     "prefetch_8_d2_fused_rope": {"SDCPP_FUSED_ROPE": "1"},
+    # session 5 (#6): each switch on its own against the defaults, then all of them together.
+    # The RoPE table rebuilt on the host at every step, as before patch 0025
+    "resident_pe_rebuilt": {"SDCPP_NO_PE_CACHE": "1"},
+    # rms_norm with a 256-thread block per row, as before patch 0028 (bit-exact either way)
+    "resident_rms_block": {"GGML_CUDA_RMS_NORM_ROW_PER_BLOCK": "1"},
+    # each LayerNorm + modulation as one ggml_norm_modulate op (patch 0029, off by default)
+    "resident_fused_modulate": {"SDCPP_FUSED_MODULATE": "1"},
+    # bf16 linear layers as cuBLASLt matmuls with the bias (and GELU) in the epilogue (patch 0027)
+    "resident_lt_bias": {"GGML_CUDA_LT_EPILOGUE": "bias"},
+    "resident_lt_gelu": {"GGML_CUDA_LT_EPILOGUE": "gelu"},
+    # everything that is off by default, on
+    "resident_all": {"SDCPP_FUSED_ROPE": "1", "SDCPP_FUSED_MODULATE": "1", "GGML_CUDA_LT_EPILOGUE": "gelu"},
+    "resident_exact": {"SDCPP_FUSED_ROPE": "1", "SDCPP_FUSED_MODULATE": "1"},
+    "residency_16_all": {"SDCPP_FUSED_ROPE": "1", "SDCPP_FUSED_MODULATE": "1", "GGML_CUDA_LT_EPILOGUE": "gelu"},
+    "prefetch_8_d2_all": {"SDCPP_FUSED_ROPE": "1", "SDCPP_FUSED_MODULATE": "1", "GGML_CUDA_LT_EPILOGUE": "gelu"},
     # how streamed calls use slots (patch 0016; "launch" is the default since 0017): queued ahead,
     # queued after each launch, per segment
     "prefetch_8_ahead": {"SDCPP_STREAM_SLOTS": "ahead"},
@@ -158,8 +176,6 @@ def sd_cli_args(files: dict, ctx: dict, gen: dict, out: str) -> list[str]:
 
 
 def sampling_seconds(log: str) -> float | None:
-    import re
-
     found = re.findall(r"sampling completed, taking ([0-9.]+)s", log)
     return float(found[-1]) if found else None
 
@@ -226,6 +242,45 @@ class VramSampler:
             self.proc.terminate()
 
 
+class LogGrab(logging.Handler):
+    """Collects the messages of the pysdcpp logger, debug ones included, while in a `with`."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        log = logging.getLogger("pysdcpp")
+        self._level = log.level
+        log.addHandler(self)
+        log.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc):
+        log = logging.getLogger("pysdcpp")
+        log.removeHandler(self)
+        log.setLevel(self._level)
+
+
+def host_timing(lines: list[str]) -> dict:
+    """Median ms of each phase of a whole-graph call, per model, from sd.cpp's debug lines
+    "<desc> compute timing: build=.. ms alloc=.. ms copy_in=.. ms compute=.. ms readback=.. ms"
+    (patch 0026), over the calls of the model that computed most often, its first call left out."""
+    calls = defaultdict(list)
+    for line in lines:
+        m = re.match(r"\s*(.*?) compute timing: (.*)", line)
+        if m:
+            calls[m.group(1)].append({k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+) ms", m.group(2))})
+    out = {}
+    for desc, rows in calls.items():
+        rows = rows[1:] or rows
+        out[desc] = {"calls": len(rows), **{k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0]}}
+    return out
+
+
 def run_one(models: Path, workload: str, mode: str) -> dict:
     import pysdcpp
 
@@ -235,17 +290,8 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
     stamps = []
     result = {"workload": workload, "mode": mode, "ctx": ctx_kwargs, "gen": w["gen"],
               "env": {k: v for k, v in os.environ.items() if k.startswith(("GGML_", "SDCPP_"))}}
-    import logging
-
-    class Grab(logging.Handler):
-        lines: list = []
-
-        def emit(self, record):
-            self.lines.append(record.getMessage())
-    grab = Grab()
-    logging.getLogger("pysdcpp").addHandler(grab)
-    logging.getLogger("pysdcpp").setLevel(logging.INFO)
-    with VramSampler() as vram:
+    grab = LogGrab()
+    with grab, VramSampler() as vram:
         t0 = time.perf_counter()
         with pysdcpp.Context(**files, **ctx_kwargs) as ctx:
             result["load_s"] = round(time.perf_counter() - t0, 2)
@@ -266,6 +312,7 @@ def run_one(models: Path, workload: str, mode: str) -> dict:
     result["median_step_s"] = round(statistics.median(after_first), 4) if after_first else None
     result["steady_step_s"] = round(statistics.median(steady), 4) if steady else None
     result["sampling_s"] = sampling_seconds("\n".join(grab.lines))
+    result["host_timing_ms"] = host_timing(grab.lines)
     result["stats"] = None if stats is None else stats.as_dict()
     result["stats_by_model"] = {name: s.as_dict() for name, s in by_model.items()}
     if by_model:

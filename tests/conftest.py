@@ -35,6 +35,11 @@ def fused_rope_counts(caplog) -> list:
     return _logged_counts(caplog, r"graph: (\d+) fused RoPE ops")
 
 
+def fused_modulate_counts(caplog) -> list:
+    """How many ggml_norm_modulate ops each graph held, from the debug log ([]: no graph had one)."""
+    return _logged_counts(caplog, r"graph: (\d+) fused norm-modulate ops")
+
+
 def read_latent(prefix) -> np.ndarray:
     """The first final latent that SDCPP_TEST_DUMP_LATENTS=prefix wrote (patch 0022: prefix.0.f32)."""
     return np.fromfile(f"{prefix}.0.f32", dtype=np.float32)

@@ -14,13 +14,14 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import pysdcpp
-from conftest import fused_rope_counts, read_latent, slot_counts
+from conftest import fused_modulate_counts, fused_rope_counts, read_latent, slot_counts
 
 pytestmark = pytest.mark.gpu
 
@@ -154,21 +155,72 @@ def test_flux_final_latents_bit_exact(flux, tmp_path):
         assert lat.tobytes() == ref.tobytes(), f"{name}: latent differs from resident"
 
 
-def test_fused_rope_bit_exact(flux, tmp_path, debug_log):
-    """Patch 0024's ggml_rope_pe (SDCPP_FUSED_ROPE=1) on the CUDA backend, resident and streamed,
-    against the graph it replaces, on the final latent; the log proves the op was in the graph."""
+def test_fused_ops_bit_exact(flux, tmp_path, debug_log):
+    """Patch 0024's ggml_rope_pe (SDCPP_FUSED_ROPE=1) and 0029's ggml_norm_modulate
+    (SDCPP_FUSED_MODULATE=1) on the CUDA backend, alone, together and streamed, against the graph
+    they replace, on the final latent; the log proves the ops were in the graph."""
     gen = dict(prompt="a cat", **{**FLUX, "batch_count": 1})
+    both = {"SDCPP_FUSED_ROPE": 1, "SDCPP_FUSED_MODULATE": 1}
+    runs = {"graph": ({}, {}), "rope": ({"SDCPP_FUSED_ROPE": 1}, {}), "modulate": ({"SDCPP_FUSED_MODULATE": 1}, {}),
+            "both": (both, {}), "both_streamed": (both, dict(**STREAM, stream_layers=True))}
     latents = {}
-    for name, fused, kwargs in (("graph", False, {}), ("fused", True, {}),
-                                ("fused_streamed", True, dict(**STREAM, stream_layers=True))):
+    for name, (switches, kwargs) in runs.items():
         debug_log.clear()
-        with env(SDCPP_TEST_DUMP_LATENTS=tmp_path / name, **({"SDCPP_FUSED_ROPE": 1} if fused else {})):
+        with env(SDCPP_TEST_DUMP_LATENTS=tmp_path / name, **switches):
             run(flux, gen, diffusion_flash_attn=True, **kwargs)
         latents[name] = read_latent(tmp_path / name)
-        assert (len(fused_rope_counts(debug_log)) > 0) == fused, name
-    record("fused_rope", {name: float(np.abs(lat - latents["graph"]).max()) for name, lat in latents.items()})
+        assert (len(fused_rope_counts(debug_log)) > 0) == ("SDCPP_FUSED_ROPE" in switches), name
+        assert (len(fused_modulate_counts(debug_log)) > 0) == ("SDCPP_FUSED_MODULATE" in switches), name
+    record("fused_ops", {name: float(np.abs(lat - latents["graph"]).max()) for name, lat in latents.items()})
     for name, lat in latents.items():
         assert lat.tobytes() == latents["graph"].tobytes(), name
+
+
+def latent_in_child(model, gen, prefix, ctx=None, **env_values):
+    """One generation in a fresh process, for switches that ggml-cuda reads once per process;
+    returns the final latent (patch 0022) and what the process printed on stderr (ggml's log)."""
+    code = ("import json, sys, pysdcpp\n"
+            "a = json.loads(sys.argv[1])\n"
+            "with pysdcpp.Context(**a['model'], **a['ctx']) as c:\n"
+            "    c.generate(**a['gen'])\n")
+    child_env = {**os.environ, **{k: str(v) for k, v in env_values.items()}, "SDCPP_TEST_DUMP_LATENTS": str(prefix)}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(dict(model={k: str(v) for k, v in model.items()}, ctx=ctx or {}, gen=gen))],
+                          env=child_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_latent(prefix), proc.stderr
+
+
+def test_rms_norm_rows_bit_exact(flux, tmp_path):
+    """Patch 0028: Flux's q/k RMS norms (rows of 128) with one warp per row give the bits of the
+    block-per-row kernel (GGML_CUDA_RMS_NORM_ROW_PER_BLOCK=1)."""
+    gen = dict(prompt="a cat", **{**FLUX, "batch_count": 1})
+    ctx = dict(diffusion_flash_attn=True)
+    rows, _ = latent_in_child(flux, gen, tmp_path / "rows", ctx)
+    block, _ = latent_in_child(flux, gen, tmp_path / "block", ctx, GGML_CUDA_RMS_NORM_ROW_PER_BLOCK=1)
+    record("rms_norm_rows", {"identical": rows.tobytes() == block.tobytes(),
+                             "max_abs_diff": float(np.abs(rows - block).max())})
+    assert rows.std() > 0 and rows.tobytes() == block.tobytes()
+
+
+@pytest.mark.parametrize("epilogue", ["bias", "gelu"])
+def test_lt_epilogue_close_and_streaming_bit_exact(flux, tmp_path, epilogue):
+    """Patch 0027: bf16 linear layers as cuBLASLt matmuls with the bias (and GELU) in the epilogue.
+    Not bit-exact with the separate ops (another GEMM kernel, cuBLASLt's GELU), so: close to them on
+    the final latent, announced in ggml's log, and streamed = resident with the switch on."""
+    gen = dict(prompt="a cat", **{**FLUX, "batch_count": 1})
+    ctx = dict(diffusion_flash_attn=True)
+    off, off_log = latent_in_child(flux, gen, tmp_path / "off", ctx)
+    on, on_log = latent_in_child(flux, gen, tmp_path / "on", ctx, GGML_CUDA_LT_EPILOGUE=epilogue)
+    streamed, _ = latent_in_child(flux, gen, tmp_path / "streamed", dict(**ctx, **STREAM, stream_layers=True),
+                                  GGML_CUDA_LT_EPILOGUE=epilogue)
+    fused = "bias + GELU fused" if epilogue == "gelu" else "bias fused"
+    diff = float(np.abs(on - off).max())
+    record(f"lt_epilogue_{epilogue}", {"max_abs_diff_vs_off": diff, "max_abs_latent": float(np.abs(off).max()),
+                                       "identical_vs_off": on.tobytes() == off.tobytes(),
+                                       "streamed_identical": streamed.tobytes() == on.tobytes()})
+    assert fused in on_log and "fused into cuBLASLt" not in off_log
+    assert diff <= 0.02 * float(np.abs(off).max()), diff
+    assert streamed.tobytes() == on.tobytes()
 
 
 def test_two_generations_and_resolution_change(sd15):
