@@ -85,7 +85,7 @@ MODE_ENV = {
     "resident_convert_x1": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1"},
     "resident_base_kernels": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1", "GGML_CUDA_BF16_GEMM_BF16_OUT": "1"},
     "residency_16_convert_x1": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1"},
-    # Flux's RoPE as one ggml_rope_pe op (patch 0024, off by default until measured)
+    # Flux's RoPE as one ggml_rope_pe op (patch 0024, opt-in until 0030)
     "resident_fused_rope": {"SDCPP_FUSED_ROPE": "1"},
     "residency_16_fused_rope": {"SDCPP_FUSED_ROPE": "1"},
     "prefetch_8_d2_fused_rope": {"SDCPP_FUSED_ROPE": "1"},
@@ -94,16 +94,17 @@ MODE_ENV = {
     "resident_pe_rebuilt": {"SDCPP_NO_PE_CACHE": "1"},
     # rms_norm with a 256-thread block per row, as before patch 0028 (bit-exact either way)
     "resident_rms_block": {"GGML_CUDA_RMS_NORM_ROW_PER_BLOCK": "1"},
-    # each LayerNorm + modulation as one ggml_norm_modulate op (patch 0029, off by default)
+    # Patches 0024, 0027 and 0029 were measured opt-in (build of 3e99fdd, results/stream_w1_0029_h200.json);
+    # since 0030 they are the defaults and "=0" turns each off (modes *_unfused: all three off).
     "resident_fused_modulate": {"SDCPP_FUSED_MODULATE": "1"},
-    # bf16 linear layers as cuBLASLt matmuls with the bias (and GELU) in the epilogue (patch 0027)
-    "resident_lt_bias": {"GGML_CUDA_LT_EPILOGUE": "bias"},
-    "resident_lt_gelu": {"GGML_CUDA_LT_EPILOGUE": "gelu"},
-    # everything that is off by default, on
-    "resident_all": {"SDCPP_FUSED_ROPE": "1", "SDCPP_FUSED_MODULATE": "1", "GGML_CUDA_LT_EPILOGUE": "gelu"},
+    "resident_lt_bias": {"GGML_CUDA_LT_BIAS": "1"},
     "resident_exact": {"SDCPP_FUSED_ROPE": "1", "SDCPP_FUSED_MODULATE": "1"},
-    "residency_16_all": {"SDCPP_FUSED_ROPE": "1", "SDCPP_FUSED_MODULATE": "1", "GGML_CUDA_LT_EPILOGUE": "gelu"},
-    "prefetch_8_d2_all": {"SDCPP_FUSED_ROPE": "1", "SDCPP_FUSED_MODULATE": "1", "GGML_CUDA_LT_EPILOGUE": "gelu"},
+    "resident_unfused": {"SDCPP_FUSED_ROPE": "0", "SDCPP_FUSED_MODULATE": "0", "GGML_CUDA_LT_BIAS": "0"},
+    "resident_unfused_rope": {"SDCPP_FUSED_ROPE": "0"},
+    "resident_unfused_modulate": {"SDCPP_FUSED_MODULATE": "0"},
+    "resident_no_lt_bias": {"GGML_CUDA_LT_BIAS": "0"},
+    "residency_16_unfused": {"SDCPP_FUSED_ROPE": "0", "SDCPP_FUSED_MODULATE": "0", "GGML_CUDA_LT_BIAS": "0"},
+    "prefetch_8_d2_unfused": {"SDCPP_FUSED_ROPE": "0", "SDCPP_FUSED_MODULATE": "0", "GGML_CUDA_LT_BIAS": "0"},
     # how streamed calls use slots (patch 0016; "launch" is the default since 0017): queued ahead,
     # queued after each launch, per segment
     "prefetch_8_ahead": {"SDCPP_STREAM_SLOTS": "ahead"},

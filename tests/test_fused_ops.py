@@ -1,8 +1,8 @@
-"""Ops that patches 0024 and 0029 fuse for Flux must not change a bit.
+"""Ops that patches 0024 and 0029 fuse for Flux (on by default since 0030) must not change a bit.
 
-* SDCPP_FUSED_ROPE=1 (patch 0024): RoPE as one ggml_rope_pe op instead of eight ops per q and k.
-* SDCPP_FUSED_MODULATE=1 (patch 0029): each LayerNorm and its modulation, (n + n*scale) + shift,
-  as one ggml_norm_modulate op instead of a norm, a multiply and two adds.
+* RoPE as one ggml_rope_pe op instead of eight ops per q and k (SDCPP_FUSED_ROPE=0: the eight ops).
+* Each LayerNorm and its modulation, (n + n*scale) + shift, as one ggml_norm_modulate op instead of a
+  norm, a multiply and two adds (SDCPP_FUSED_MODULATE=0: the four ops).
 
 Their kernels round each product and sum as the separate ops do.  Here on the CPU backend, on a
 tiny random-weight Flux (one double and one single block), compared on the float32 latent before
@@ -42,9 +42,9 @@ def test_fused_ops_are_bit_exact(flux_paths, tmp_path, monkeypatch, debug_log):
         for name, fused in runs.items():
             for op, (var, _, _) in FUSED.items():
                 if op in fused:
-                    monkeypatch.setenv(var, "1")
+                    monkeypatch.delenv(var, raising=False)  # the default
                 else:
-                    monkeypatch.delenv(var, raising=False)
+                    monkeypatch.setenv(var, "0")
             monkeypatch.setenv("SDCPP_TEST_DUMP_LATENTS", str(tmp_path / name))
             debug_log.clear()
             images[name] = np.asarray(ctx.generate(**GEN)[0])
