@@ -83,7 +83,10 @@ MODE_ENV = {
     # conversions to f16/bf16 one value per thread (before patch 0021); with the bf16 matmul output
     # path of before 0014 too: the unpatched base's kernels (0013's copy is exact and has no switch)
     "resident_convert_x1": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1"},
-    "resident_base_kernels": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1", "GGML_CUDA_BF16_GEMM_BF16_OUT": "1"},
+    # (since session 5 also without 0024-0029's changes, which are exact)
+    "resident_base_kernels": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1", "GGML_CUDA_BF16_GEMM_BF16_OUT": "1",
+                              "SDCPP_FUSED_ROPE": "0", "SDCPP_FUSED_MODULATE": "0", "GGML_CUDA_LT_BIAS": "0",
+                              "GGML_CUDA_RMS_NORM_ROW_PER_BLOCK": "1", "SDCPP_NO_PE_CACHE": "1"},
     "residency_16_convert_x1": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1"},
     # Flux's RoPE as one ggml_rope_pe op (patch 0024, opt-in until 0030)
     "resident_fused_rope": {"SDCPP_FUSED_ROPE": "1"},
@@ -272,7 +275,7 @@ def host_timing(lines: list[str]) -> dict:
     (patch 0026), over the calls of the model that computed most often, its first call left out."""
     calls = defaultdict(list)
     for line in lines:
-        m = re.match(r"\s*(.*?) compute timing: (.*)", line)
+        m = re.search(r"(\S+) compute timing: (.*)", line)  # "[file:line - ]<desc> compute timing: ..."
         if m:
             calls[m.group(1)].append({k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+) ms", m.group(2))})
     out = {}
