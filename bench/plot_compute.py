@@ -40,7 +40,8 @@ def main() -> None:
 
     s29 = steps("stream_w1_0029_h200.json")
     s30 = steps("stream_w1_0030_h200.json")
-    peer = {json.loads(l)["mode"]: json.loads(l)["median_s"] for l in (RESULTS / "peer_diffusers_0029_h200.jsonl").open()}
+    peer_rows = [json.loads(line) for line in (RESULTS / "peer_diffusers_0029_h200.jsonl").open()]
+    peer = {row["mode"]: row["median_s"] for row in peer_rows}
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [3, 2]})
 
     labels = [lab for _, lab in MODES] + ["PyTorch/diffusers\nresident"]
@@ -59,7 +60,8 @@ def main() -> None:
     before = json.loads((RESULTS / "profile_w1_0029_default_h200.json").read_text())
     after = json.loads((RESULTS / "profile_w1_0029_all_h200.json").read_text())
     cats = list(dict.fromkeys(list(before["by_category_ms_per_step"]) + list(after["by_category_ms_per_step"])))
-    cats = [c for c in cats if max(before["by_category_ms_per_step"].get(c, 0), after["by_category_ms_per_step"].get(c, 0)) > 1]
+    b_ms, a_ms = before["by_category_ms_per_step"], after["by_category_ms_per_step"]
+    cats = [c for c in cats if max(b_ms.get(c, 0), a_ms.get(c, 0)) > 1]
     x = range(len(cats))
     bx.barh([i + 0.2 for i in x], [before["by_category_ms_per_step"].get(c, 0) for c in cats], 0.4,
             color="#777777", label=f"defaults at 3e99fdd: {before['step_kernel_ms']:.0f} ms of kernels")
