@@ -76,6 +76,8 @@ MODES = {
     "residency_16_d2": dict(OFF, max_vram=16, stream_layers=True, stream_residency=True, stream_prefetch_depth=2),
     "base_pageable_sync_2": dict(OFF, max_vram=2, pin_offloaded_params=False, stream_layers=False),
 }
+# The three fusions of patches 0024, 0027 and 0029, off (on by default since 0030)
+UNFUSED = {"SDCPP_FUSED_ROPE": "0", "SDCPP_FUSED_MODULATE": "0", "GGML_CUDA_LT_BIAS": "0"}
 # Modes that run the same context with environment switches (numerics and compute of the patched
 # ggml-cuda against the paths it replaced).
 MODE_ENV = {
@@ -84,8 +86,7 @@ MODE_ENV = {
     # path of before 0014 too: the unpatched base's kernels (0013's copy is exact and has no switch)
     "resident_convert_x1": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1"},
     # (since session 5 also without 0024-0029's changes, which are exact)
-    "resident_base_kernels": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1", "GGML_CUDA_BF16_GEMM_BF16_OUT": "1",
-                              "SDCPP_FUSED_ROPE": "0", "SDCPP_FUSED_MODULATE": "0", "GGML_CUDA_LT_BIAS": "0",
+    "resident_base_kernels": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1", "GGML_CUDA_BF16_GEMM_BF16_OUT": "1", **UNFUSED,
                               "GGML_CUDA_RMS_NORM_ROW_PER_BLOCK": "1", "SDCPP_NO_PE_CACHE": "1"},
     "residency_16_convert_x1": {"GGML_CUDA_CONVERT_ONE_PER_THREAD": "1"},
     # Flux's RoPE as one ggml_rope_pe op (patch 0024, opt-in until 0030)
@@ -102,12 +103,12 @@ MODE_ENV = {
     "resident_fused_modulate": {"SDCPP_FUSED_MODULATE": "1"},
     "resident_lt_bias": {"GGML_CUDA_LT_BIAS": "1"},
     "resident_exact": {"SDCPP_FUSED_ROPE": "1", "SDCPP_FUSED_MODULATE": "1"},
-    "resident_unfused": {"SDCPP_FUSED_ROPE": "0", "SDCPP_FUSED_MODULATE": "0", "GGML_CUDA_LT_BIAS": "0"},
+    "resident_unfused": UNFUSED,
     "resident_unfused_rope": {"SDCPP_FUSED_ROPE": "0"},
     "resident_unfused_modulate": {"SDCPP_FUSED_MODULATE": "0"},
     "resident_no_lt_bias": {"GGML_CUDA_LT_BIAS": "0"},
-    "residency_16_unfused": {"SDCPP_FUSED_ROPE": "0", "SDCPP_FUSED_MODULATE": "0", "GGML_CUDA_LT_BIAS": "0"},
-    "prefetch_8_d2_unfused": {"SDCPP_FUSED_ROPE": "0", "SDCPP_FUSED_MODULATE": "0", "GGML_CUDA_LT_BIAS": "0"},
+    "residency_16_unfused": UNFUSED,
+    "prefetch_8_d2_unfused": UNFUSED,
     # how streamed calls use slots (patch 0016; "launch" is the default since 0017): queued ahead,
     # queued after each launch, per segment
     "prefetch_8_ahead": {"SDCPP_STREAM_SLOTS": "ahead"},

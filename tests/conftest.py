@@ -73,6 +73,17 @@ def sd15_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_flux_paths(tmp_path_factory) -> dict:
+    """A random-weight Flux with one double and one single block (DiT, CLIP-L, VAE): the fused-op
+    and RoPE-table tests compare its final latents between code paths."""
+    from pysdcpp import testing
+
+    out = tmp_path_factory.mktemp("flux")
+    return testing.write_flux(out, seed=3, depth=1, depth_single=1, hidden_size=256,
+                              components=("diffusion_model", "clip_l", "vae"))
+
+
+@pytest.fixture(scope="session")
 def ctx(sd15_path):
     import pysdcpp
 

@@ -13,7 +13,6 @@ bench/stream.py's *_fused_* modes.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import pysdcpp
 from conftest import THREADS, fused_modulate_counts, fused_rope_counts, read_latent
@@ -26,19 +25,10 @@ FUSED = {"rope": ("SDCPP_FUSED_ROPE", fused_rope_counts, 4),
          "modulate": ("SDCPP_FUSED_MODULATE", fused_modulate_counts, 6)}
 
 
-@pytest.fixture(scope="module")
-def flux_paths(tmp_path_factory):
-    from pysdcpp import testing
-
-    out = tmp_path_factory.mktemp("flux")
-    return testing.write_flux(out, seed=3, depth=1, depth_single=1, hidden_size=256,
-                              components=("diffusion_model", "clip_l", "vae"))
-
-
-def test_fused_ops_are_bit_exact(flux_paths, tmp_path, monkeypatch, debug_log):
+def test_fused_ops_are_bit_exact(tiny_flux_paths, tmp_path, monkeypatch, debug_log):
     latents, images = {}, {}
     runs = {"graph": (), "rope": ("rope",), "modulate": ("modulate",), "both": ("rope", "modulate")}
-    with pysdcpp.Context(**flux_paths, n_threads=THREADS) as ctx:
+    with pysdcpp.Context(**tiny_flux_paths, n_threads=THREADS) as ctx:
         for name, fused in runs.items():
             for op, (var, _, _) in FUSED.items():
                 if op in fused:

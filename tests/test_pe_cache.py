@@ -9,8 +9,6 @@ latents (patch 0022) must be the same bits.  Patch 0026's debug timing line is c
 """
 from __future__ import annotations
 
-import pytest
-
 import pysdcpp
 from conftest import THREADS, _logged_counts, read_latent
 
@@ -18,18 +16,9 @@ GEN = dict(prompt="a cat", steps=2, cfg_scale=1.0, guidance=3.5, seed=7, samplin
 SIZES = ((64, 64), (96, 64), (64, 96), (64, 64))  # (width, height); the key changes at each call
 
 
-@pytest.fixture(scope="module")
-def flux_paths(tmp_path_factory):
-    from pysdcpp import testing
-
-    out = tmp_path_factory.mktemp("flux")
-    return testing.write_flux(out, seed=3, depth=1, depth_single=1, hidden_size=256,
-                              components=("diffusion_model", "clip_l", "vae"))
-
-
-def test_pe_table_kept_between_steps_is_bit_exact(flux_paths, tmp_path, monkeypatch, debug_log):
+def test_pe_table_kept_between_steps_is_bit_exact(tiny_flux_paths, tmp_path, monkeypatch, debug_log):
     latents = {}
-    with pysdcpp.Context(**flux_paths, n_threads=THREADS) as ctx:
+    with pysdcpp.Context(**tiny_flux_paths, n_threads=THREADS) as ctx:
         for table in ("kept", "rebuilt"):
             if table == "rebuilt":
                 monkeypatch.setenv("SDCPP_NO_PE_CACHE", "1")
