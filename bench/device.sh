@@ -24,10 +24,10 @@ for phase in "$@"; do
       tail -5 "$OUT/build.log" ;;
     test)
       (cd /tmp && python3 -c "import pysdcpp, json; print(json.dumps(pysdcpp.build_info())); print(pysdcpp.system_info())") 2>&1 | tee "$OUT/info.txt"
-      lib=$(python3 -c "import pysdcpp, pathlib; print(pathlib.Path(pysdcpp.__file__).parent / 'lib')")
+      lib=$(python3 -P -c "import pysdcpp, pathlib; print(pathlib.Path(pysdcpp.__file__).parent / 'lib')")
       for so in "$lib"/*.so; do echo "$(basename $so): $(nm -D --defined-only "$so" | grep -c ' std::\|_ZNS\|_ZNKS\|_ZSt') exported std symbols"; done | tee -a "$OUT/info.txt"
       # -n 1: one worker process, replaced if a test crashes it, so one crash cannot hide the rest
-      PYSDCPP_GPU_RESULTS=$OUT/gpu_results.json python3 -m pytest -p no:cacheprovider -n 1 --max-worker-restart=20 \
+      PYSDCPP_GPU_RESULTS=$OUT/gpu_results.json python3 -P -m pytest -p no:cacheprovider -n 1 --max-worker-restart=20 \
         -m gpu -v -rA tests/test_gpu_stream.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASSED|FAILED|ERROR|crash|passed|failed|^E " | head -60 ;;
     models)
       python3 bench/stream.py prepare --models "$MODELS" --workers 16 2>&1 | tail -5 ;;

@@ -12,6 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The tests run against the installed, compiled package, never the checkout's pysdcpp/ (which has no
+# compiled module): pytest is started with `python3 -P` (safe path), and child processes inherit
+# PYTHONSAFEPATH so that `python -m pysdcpp` run from the checkout does not import the source tree.
+os.environ["PYTHONSAFEPATH"] = "1"
+
+def _installed_package() -> None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pysdcpp")
+    checkout = Path(__file__).resolve().parent.parent
+    if spec is None or Path(spec.origin).resolve().is_relative_to(checkout):
+        where = "nowhere" if spec is None else spec.origin
+        raise pytest.UsageError(
+            f"pysdcpp would be imported from {where}, not from an installed build: run "
+            "`python3 -m pip install .` and then `python3 -P -m pytest ...` (see README.md)")
+
+
+_installed_package()
+
 SIZE = dict(width=64, height=64, steps=2)
 # ggml's worker threads spin while they wait: on a loaded 2-core machine 1 thread is faster.
 THREADS = int(os.environ.get("PYSDCPP_TEST_THREADS", "2"))

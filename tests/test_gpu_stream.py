@@ -1,7 +1,7 @@
 """Weight streaming on a GPU: prefetch on/off, pinned/pageable and residency must not change a bit.
 
 Marked `gpu`: skipped without a CUDA build.  Run on the device with
-    python3 -m pytest -m gpu -v tests/test_gpu_stream.py
+    python3 -P -m pytest -m gpu -v tests/test_gpu_stream.py
 The log of the device run is committed under tests/gpu_results/.
 
 Budgets are small (a fraction of a GiB) so that each sampling step of the UNet or DiT is cut

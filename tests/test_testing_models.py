@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_testing():
-    for cand in (ROOT / "pysdcpp" / "testing.py", ROOT / "src" / "pysdcpp" / "testing.py"):
+    for cand in (ROOT / "pysdcpp" / "testing.py",):
         if cand.exists():
             spec = importlib.util.spec_from_file_location("_pysdcpp_testing_under_test", cand)
             mod = importlib.util.module_from_spec(spec)
