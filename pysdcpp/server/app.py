@@ -199,6 +199,7 @@ def create_app(settings: Settings | None = None, *, context=None, backend=None) 
     @asynccontextmanager
     async def lifespan(app):
         yield
+        log.info("shutting down: cancelling %d queued or generating jobs", state.jobs.pending)
         await state.jobs.close()
         if isinstance(backend, LocalBackend):
             backend.close()
