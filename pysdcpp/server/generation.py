@@ -207,6 +207,8 @@ def decode_image(data: str | bytes, what: str, channels: int, width: int = 0, he
     try:
         with Image.open(io.BytesIO(raw)) as im:
             w, h = im.size
+    except Image.DecompressionBombError:  # PIL's own guard, past 2x its MAX_IMAGE_PIXELS
+        raise RequestError(f"{what}: the image is larger than this server takes") from None
     except Exception:  # PIL raises many kinds for a broken file
         raise RequestError(f"{what}: not a readable image (PNG, JPEG, WEBP, BMP, ...)") from None
     if w * h > max_pixels:
