@@ -97,7 +97,7 @@ def test_generate_show_download_history_and_cancel(browser, server, ctx):
     # progress while a long one runs, then cancel
     page.fill("#steps", "40")
     page.click("#generate")
-    page.wait_for_function("/generating: step [1-9]/40/.test(document.querySelector('#status').textContent)",
+    page.wait_for_function("/generating: step [1-9][0-9]*\\/40,/.test(document.querySelector('#status').textContent)",
                            timeout=120_000)
     assert page.is_visible("#progress") and not page.is_disabled("#cancel")
     page.click("#cancel")
