@@ -21,12 +21,18 @@ PROMPTS = [{"prompt": f"a lighthouse, version {i}", "seed": 100 + i, "sample_par
 
 
 @pytest.fixture(scope="module")
-def cluster(sd15_path):
+def cluster(sd15_path, tmp_path_factory):
+    import os
+
     from ray import serve
 
     from pysdcpp.server import Settings, rayserve
 
     t0 = time.monotonic()
+    # Ray puts the driver's working directory on its workers' sys.path: from the checkout they would
+    # import its uncompiled pysdcpp/ instead of the installed package
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray-cwd"))
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False,
              configure_logging=False)
     port = free_port()
@@ -39,6 +45,7 @@ def cluster(sd15_path):
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.chdir(cwd)
 
 
 def expected(ctx, body) -> np.ndarray:
