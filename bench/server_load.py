@@ -137,7 +137,7 @@ def main() -> int:
         testing.write_sd15(model.with_suffix(".tmp"), seed=0, dtype="f16")
         model.with_suffix(".tmp").rename(model)
     levels = [int(x) for x in a.levels.split(",")]
-    cmd = [sys.executable, "-m", "pysdcpp.server", "-m", str(model), "-t", str(a.threads), "--listen-port",
+    cmd = [sys.executable, "-P", "-m", "pysdcpp.server", "-m", str(model), "-t", str(a.threads), "--listen-port",
            str(a.port), "--max-queue-size", str(max(levels) + 1)]
     log = open(a.out.with_suffix(".server.log"), "w")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
