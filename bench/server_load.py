@@ -58,6 +58,27 @@ def git_commit() -> str:
         return ""
 
 
+def bench_args(ap: argparse.ArgumentParser, name: str, threads: int, steps: int) -> None:
+    """The options both server benches take."""
+    ap.add_argument("--out", type=Path, default=ROOT / f"bench/results/{name}.json")
+    ap.add_argument("--models", type=Path, default=Path(os.environ.get("PYSDCPP_TEST_CACHE", "/tmp/pysdcpp-bench")))
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--threads", type=int, default=threads)
+
+
+def sd15_model(models: Path) -> Path:
+    """The tests' random-weight SD 1.5 (pysdcpp.testing), written once."""
+    from pysdcpp import testing
+
+    models.mkdir(parents=True, exist_ok=True)
+    model = models / "sd15-random-seed0-f16.safetensors"
+    if not model.exists():
+        testing.write_sd15(model.with_suffix(".tmp"), seed=0, dtype="f16")
+        model.with_suffix(".tmp").rename(model)
+    return model
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     k = (len(values) - 1) * q
@@ -118,24 +139,14 @@ async def level(url: str, clients: int, n: int, body: dict, pid: int, samples: l
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/server_load.json")
-    ap.add_argument("--models", type=Path, default=Path(os.environ.get("PYSDCPP_TEST_CACHE", "/tmp/pysdcpp-bench")))
+    bench_args(ap, "server_load", threads=2, steps=1)
     ap.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     ap.add_argument("--levels", default="1,4,16")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--port", type=int, default=18765)
     a = ap.parse_args()
     import httpx
 
-    from pysdcpp import testing
-
-    a.models.mkdir(parents=True, exist_ok=True)
-    model = a.models / "sd15-random-seed0-f16.safetensors"
-    if not model.exists():
-        testing.write_sd15(model.with_suffix(".tmp"), seed=0, dtype="f16")
-        model.with_suffix(".tmp").rename(model)
+    model = sd15_model(a.models)
     levels = [int(x) for x in a.levels.split(",")]
     cmd = [sys.executable, "-P", "-m", "pysdcpp.server", "-m", str(model), "-t", str(a.threads), "--listen-port",
            str(a.port), "--max-queue-size", str(max(levels) + 1)]

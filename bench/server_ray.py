@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from server_load import git_commit, machine, percentile  # noqa: E402
+from server_load import bench_args, git_commit, machine, percentile, sd15_model  # noqa: E402
 
 
 async def send(url: str, n: int, clients: int, body: dict) -> tuple[float, list[float], int]:
@@ -50,27 +50,18 @@ async def send(url: str, n: int, clients: int, body: dict) -> tuple[float, list[
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/server_ray.json")
-    ap.add_argument("--models", type=Path, default=Path(os.environ.get("PYSDCPP_TEST_CACHE", "/tmp/pysdcpp-bench")))
+    bench_args(ap, "server_ray", threads=1, steps=2)
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=2)
     a = ap.parse_args()
     import socket
 
     import ray
     from ray import serve
 
-    from pysdcpp import testing
     from pysdcpp.server import Settings, rayserve
 
-    a.models.mkdir(parents=True, exist_ok=True)
-    model = a.models / "sd15-random-seed0-f16.safetensors"
-    if not model.exists():
-        testing.write_sd15(model.with_suffix(".tmp"), seed=0, dtype="f16")
-        model.with_suffix(".tmp").rename(model)
+    model = sd15_model(a.models)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

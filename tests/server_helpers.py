@@ -1,7 +1,6 @@
 """Helpers for the server tests: run pysdcpp-server / sd-server on loopback, decode images."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import os
@@ -16,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cli_helpers import png_text_chunks  # noqa: F401  (re-exported for the server tests)
 
 
 def free_port() -> int:
@@ -174,19 +172,3 @@ def assert_shape_covers(ours, theirs, path="$"):
     elif theirs != "null" and ours != "null":
         assert ours == theirs, f"{path}: sd-server has a {theirs}, we have a {ours}"
 
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-def help_flags(binary: Path) -> list[tuple[list[str], str]]:
-    """(names, value hint) of every option line of `<binary> --help` (sd.cpp's ArgOptions::print)."""
-    import re
-
-    out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60).stdout
-    flags = []
-    for line in out.splitlines():
-        m = re.match(r"^  (-{1,2}[^\s,]+)(?:, (--[^\s,]+))?(?: <(\w+)>)?(?:\s|$)", line)
-        if m:
-            flags.append(([n for n in m.group(1, 2) if n], m.group(3) or ""))
-    return flags

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from conftest import THREADS
-from server_helpers import (ProcessServer, assert_shape_covers, decode, help_flags, image_b64, png_parameters,
+from cli_helpers import help_flags
+from server_helpers import (ProcessServer, assert_shape_covers, decode, image_b64, png_parameters,
                             pysdcpp_server_argv, sd_server_path, shape_of)
 from pysdcpp import cli
 from pysdcpp.server import settings as settings_mod

@@ -18,8 +18,7 @@ from fastapi.responses import JSONResponse
 
 from .. import SampleMethod, Scheduler
 from .app import read_json, state_of
-from .generation import (OUTPUT_FORMATS, NativeRequest, RequestError, apply_native, b64, finite_or_none,
-                         parse_native)
+from .generation import OUTPUT_FORMATS, NativeRequest, apply_native, b64, finite_or_none, parse_native
 from .jobs import COMPLETED, GENERATING, QUEUED
 from .sdapi import latent_modes
 
