@@ -147,6 +147,7 @@ def summary(xs: list[float]) -> dict:
 
 
 def main() -> int:
+    global W1, SIZE, STEPS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=Path(os.environ.get("MODELS", "/tmp/pysdcpp-models")))
     ap.add_argument("--out", type=Path, default=Path("/tmp/out/server_gpu.json"))
@@ -156,7 +157,6 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--side", choices=("api",), help=argparse.SUPPRESS)  # the child process
     a = ap.parse_args()
-    global W1, SIZE, STEPS
     W1, SIZE, STEPS = stream.WORKLOADS[a.workload], a.size, a.steps
     if a.side == "api":
         print(json.dumps(run_api(a.models, a.n)))
