@@ -43,8 +43,9 @@ for phase in "$@"; do
         ${RUN_MODES:+--modes $RUN_MODES} ;;
     w2) python3 bench/stream.py run --models "$MODELS" --workload w2 --out "$OUT/stream_w2.json" ${W2_MODES:+--modes $W2_MODES} ;;
     h2d) python3 bench/stream.py h2d | tee "$OUT/h2d.json" ;;
-    server)  # needs `models`; FastAPI and uvicorn come from the wheelhouse
+    server)  # FastAPI and uvicorn come from the wheelhouse; W1 is written unless `models` did
       python3 -m pip install -q --no-index --root-user-action=ignore --find-links .wheelhouse fastapi uvicorn >/dev/null 2>&1
+      [ -f "$MODELS/flux/flux1-dev.safetensors" ] || python3 bench/stream.py prepare --models "$MODELS" --workers 16 --workloads w1 2>&1 | tail -1
       timeout 900 python3 bench/server_gpu.py --models "$MODELS" --out "$OUT/server_gpu.json" 2>&1 | tail -4 ;;
     profile)
       timeout 200 python3 bench/profile.py --models "$MODELS" --workload w1 --out "$OUT/profile_${PROFILE_NAME:-w1}.json" \
