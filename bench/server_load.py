@@ -190,10 +190,17 @@ def main() -> int:
         server.wait(60)
         log.close()
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(out, indent=1) + "\n")
+    a.out.write_text(dump(out))
     plot(out, a.out.with_suffix(".png"))
     print(f"wrote {a.out} and {a.out.with_suffix('.png')}")
     return 0 if out["total_errors"] == 0 else 1
+
+
+def dump(out: dict) -> str:
+    """JSON with the RSS samples one per line (thousands of them)."""
+    samples = out["rss_samples"]
+    text = json.dumps({**out, "rss_samples": "@@"}, indent=1)
+    return text.replace('"@@"', "[\n" + ",\n".join(json.dumps(x) for x in samples) + "\n]") + "\n"
 
 
 def plot(out: dict, path: Path) -> None:

@@ -26,22 +26,25 @@ sys.path.insert(0, str(ROOT / "bench"))
 from server_load import bench_args, git_commit, machine, percentile, sd15_model  # noqa: E402
 
 
-async def send(url: str, n: int, clients: int, body: dict) -> tuple[float, list[float], int]:
+async def send(url: str, n: int, clients: int, body: dict) -> tuple[float, list[float], list[str]]:
     import httpx
 
-    latencies, errors = [], 0
+    latencies, errors = [], []
     queue: asyncio.Queue = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
 
     async def client(c):
-        nonlocal errors
         while not queue.empty():
             i = queue.get_nowait()
             t0 = time.perf_counter()
-            r = await c.post("/sdapi/v1/txt2img", json={**body, "seed": 500 + i})
+            try:
+                r = await c.post("/sdapi/v1/txt2img", json={**body, "seed": 500 + i})
+                if r.status_code != 200 or len(r.json().get("images", [])) != 1:
+                    errors.append(f"{r.status_code}: {r.text[:200]}")
+            except Exception as exc:  # counted, never hidden
+                errors.append(repr(exc))
             latencies.append(time.perf_counter() - t0)
-            errors += r.status_code != 200 or len(r.json().get("images", [])) != 1
     async with httpx.AsyncClient(base_url=url, timeout=900) as c:
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for _ in range(clients)))
@@ -83,7 +86,7 @@ def main() -> int:
             asyncio.run(send(url, replicas, replicas, body))  # warm-up: one request per replica
             wall, lat, errors = asyncio.run(send(url, a.requests, a.clients, body))
             run = {"replicas": replicas, "threads_per_replica": a.threads, "requests": a.requests,
-                   "clients": a.clients, "errors": errors, "deploy_s": round(deploy_s, 2), "wall_s": round(wall, 3),
+                   "clients": a.clients, "errors": len(errors), "error_samples": errors[:5], "deploy_s": round(deploy_s, 2), "wall_s": round(wall, 3),
                    "throughput_rps": round(a.requests / wall, 4), "p50_s": round(percentile(lat, 0.5), 3),
                    "p95_s": round(percentile(lat, 0.95), 3)}
             print(json.dumps(run), flush=True)
