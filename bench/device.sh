@@ -6,6 +6,7 @@
 #   models  random-weight W1 (Flux-dev) and W2 (SDXL) checkpoints on local disk; models_f16 W1's DiT in f16
 #   run     RUN_WORKLOAD=w1_f16|w1_q8_0|... RUN_MODES=a,b
 #   w1 w2   the streaming benchmark;  peer  diffusers group offload on the same shape;  h2d
+#   server  pysdcpp-server vs the Python API, W1 streamed at 8 GiB, 20 images each (bench/server_gpu.py)
 #   profile per-kernel GPU time of a W1 step (bench/profile.py): resident, or PROFILE_CTX='{...}' PROFILE_NAME=x
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -42,6 +43,10 @@ for phase in "$@"; do
         ${RUN_MODES:+--modes $RUN_MODES} ;;
     w2) python3 bench/stream.py run --models "$MODELS" --workload w2 --out "$OUT/stream_w2.json" ${W2_MODES:+--modes $W2_MODES} ;;
     h2d) python3 bench/stream.py h2d | tee "$OUT/h2d.json" ;;
+    server)  # FastAPI and uvicorn come from the wheelhouse; W1 is written unless `models` did
+      python3 -m pip install -q --no-index --root-user-action=ignore --find-links .wheelhouse fastapi uvicorn >/dev/null 2>&1
+      [ -f "$MODELS/flux/flux1-dev.safetensors" ] || python3 bench/stream.py prepare --models "$MODELS" --workers 16 --workloads w1 2>&1 | tail -1
+      timeout 900 python3 bench/server_gpu.py --models "$MODELS" --out "$OUT/server_gpu.json" 2>&1 | tail -4 ;;
     profile)
       timeout 200 python3 bench/profile.py --models "$MODELS" --workload w1 --out "$OUT/profile_${PROFILE_NAME:-w1}.json" \
         ${PROFILE_CTX:+--ctx "$PROFILE_CTX"} | tail -40 ;;

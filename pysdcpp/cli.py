@@ -33,7 +33,7 @@ VIDEO = "video generation (-M vid_gen) is not supported by pysdcpp yet; use sd-c
 HIGH_NOISE = "is a video (Wan2.2 MoE, -M vid_gen) option, which pysdcpp does not support yet; use sd-cli"
 CONVERT = "model conversion (-M convert) is not supported by pysdcpp; use sd-cli"
 METADATA = "metadata inspection (-M metadata) is not supported by pysdcpp; use sd-cli"
-SERVER = "is an sd-server option; pysdcpp has no server mode"
+SERVER = "is an sd-server option; pysdcpp-server takes it (pip install 'pysdcpp[server]')"
 
 MODES = ("img_gen", "vid_gen", "convert", "upscale", "metadata")
 PREVIEWS = ("none", "proj", "tae", "vae")
@@ -435,15 +435,17 @@ DEFAULTS: dict[str, Any] = dict(
 
 
 # --- parsing ---------------------------------------------------------------------------
-def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[Opt]]:
+def parse_args(argv: list[str], by_name: dict[str, Opt] | None = None) -> tuple[dict[str, Any], list[Opt]]:
     """sd-cli's parse_options: exact names, one value per value-taking flag.
-    Returns the values and the options given, in order."""
+    Returns the values and the options given, in order.  `by_name`: another
+    option table (pysdcpp-server's) instead of sd-cli's."""
+    by_name = BY_NAME if by_name is None else by_name
     values = {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
     given: list[Opt] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
-        opt = BY_NAME.get(arg)
+        opt = by_name.get(arg)
         if opt is None:
             raise UsageError(f"unknown argument: {arg}")
         given.append(opt)
@@ -470,15 +472,16 @@ def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[Opt]]:
     return values, given
 
 
-def usage() -> str:
+USAGE_TITLES = {"cli": "CLI Options:", "ctx": "Context Options:", "gen": "Generation Options:",
+                "pysdcpp": "pysdcpp Options:", "server": "sd-server Options (accepted, refused: use pysdcpp-server):"}
+
+
+def usage(prog: str = PROG, titles: dict[str, str] = USAGE_TITLES, options: list[Opt] = OPTIONS) -> str:
     from . import __version__
 
-    lines = [f"pysdcpp {__version__} ({_version_string()})", f"Usage: {PROG} [options]", ""]
-    titles = {"cli": "CLI Options:", "ctx": "Context Options:", "gen": "Generation Options:",
-              "pysdcpp": "pysdcpp Options:",
-              "server": "sd-server Options (accepted, refused: no server mode):"}
+    lines = [f"pysdcpp {__version__} ({_version_string()})", f"Usage: {prog} [options]", ""]
     for group, title in titles.items():
-        opts = [o for o in OPTIONS if o.group == group]
+        opts = [o for o in options if o.group == group]
         order = {"string": 0, "int": 1, "float": 2, "bool": 3, "manual": 4}
         opts.sort(key=lambda o: order[o.kind])
         names = []
@@ -971,12 +974,13 @@ def output_paths(output: str, count: int, begin_idx: int = -1) -> list[str]:
     return [base + (f"_{start + i}" if count > 1 else "") + ext for i in range(count)]
 
 
-def write_image(path: str, array: np.ndarray, parameters: str = "") -> None:
+def write_image(path, array: np.ndarray, parameters: str = "", fmt: str | None = None, quality: int = 90) -> None:
     """Write as sd-cli's write_image_to_file: PNG with a ``parameters`` tEXt chunk (UTF-8
-    bytes, like stb_image_write), JPEG quality 90 with a COM segment, WEBP with XMP."""
+    bytes, like stb_image_write), JPEG (quality 90) with a COM segment, WEBP with XMP.
+    With `fmt` ("PNG", "JPEG", "WEBP"), `path` may be a binary file (the server encodes in memory)."""
     from PIL import Image, PngImagePlugin
 
-    fmt = _format_of(path)
+    fmt = fmt or _format_of(path)
     arr = array[:, :, 0] if array.shape[2] == 1 else array
     im = Image.fromarray(np.ascontiguousarray(arr))
     if fmt == "PNG":
@@ -986,7 +990,7 @@ def write_image(path: str, array: np.ndarray, parameters: str = "") -> None:
         im.save(path, "PNG", pnginfo=info)
     elif fmt == "JPEG":
         kw = {"comment": b"parameters\0" + parameters.encode("utf-8") + b"\0"} if parameters else {}
-        im.save(path, "JPEG", quality=90, **kw)
+        im.save(path, "JPEG", quality=quality, **kw)
     elif fmt == "WEBP":
         kw = {}
         if parameters:
@@ -999,7 +1003,7 @@ def write_image(path: str, array: np.ndarray, parameters: str = "") -> None:
                 f'      <sdcpp:parameters>{escape(parameters, {chr(34): "&quot;", chr(39): "&apos;"})}'
                 '</sdcpp:parameters>\n    </rdf:Description>\n  </rdf:RDF>\n</x:xmpmeta>\n<?xpacket end="w"?>'
             ).encode()
-        im.save(path, "WEBP", quality=90, **kw)
+        im.save(path, "WEBP", quality=quality, **kw)
     else:
         raise RunError(f"cannot write {path}: unknown image format")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -64,3 +65,14 @@ def assert_same_outputs(a_dir: Path, b_dir: Path) -> int:
             ta, tb = png_text_chunks(a[name]), png_text_chunks(b[name])
             assert ta == tb, f"{name}: metadata differs:\n sd-cli:  {ta}\n pysdcpp: {tb}"
     return len(a)
+
+
+def help_flags(binary: Path) -> list[tuple[list[str], str]]:
+    """(names, value hint) of every option line of `<binary> --help` (sd.cpp's ArgOptions::print)."""
+    out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60).stdout
+    flags = []
+    for line in out.splitlines():
+        m = re.match(r"^  (-{1,2}[^\s,]+)(?:, (--[^\s,]+))?(?: <(\w+)>)?(?:\s|$)", line)
+        if m:
+            flags.append(([n for n in m.group(1, 2) if n], m.group(3) or ""))
+    return flags

@@ -6,7 +6,6 @@ arguments, must write the same files with byte-identical pixels and metadata tex
 """
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import assert_same_outputs, run_pysdcpp, run_sd_cli, sd_cli_path
+from cli_helpers import assert_same_outputs, help_flags, run_pysdcpp, run_sd_cli, sd_cli_path
 from pysdcpp import cli
 
 needs_sd_cli = pytest.mark.skipif(sd_cli_path() is None, reason="sd-cli was not built with this pysdcpp")
@@ -24,13 +23,7 @@ needs_sd_cli = pytest.mark.skipif(sd_cli_path() is None, reason="sd-cli was not 
 # --- the flag table -----------------------------------------------------------------------
 def _sd_cli_help_flags() -> list[tuple[list[str], str]]:
     """(names, value hint) of every option line of `sd-cli --help`."""
-    out = subprocess.run([str(sd_cli_path()), "--help"], capture_output=True, text=True, timeout=60).stdout
-    flags = []
-    for line in out.splitlines():
-        m = re.match(r"^  (-{1,2}[^\s,]+)(?:, (--[^\s,]+))?(?: <(\w+)>)?(?:\s|$)", line)
-        if m:
-            flags.append(([n for n in m.group(1, 2) if n], m.group(3) or ""))
-    return flags
+    return help_flags(sd_cli_path())
 
 
 @needs_sd_cli
